@@ -1,0 +1,1 @@
+"""Cross-stage pieces of worldsim: the `worldsim` console command, config loading, shared layers."""

@@ -1,0 +1,83 @@
+"""The `worldsim` console command: the one file that imports the stages and wires them to flags.
+
+    worldsim data shard SOURCE [SOURCE ...] --out DIR [--config PRESET] [--frames 16 ...]
+    worldsim data info DIR [--sheet PNG]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from worldsim.config import (
+    add_dataclass_flags,
+    flags_to_dict,
+    from_dict,
+    load_yaml_layers,
+    preset_path,
+)
+
+
+def _data_shard(args: argparse.Namespace) -> int:
+    from data_pipeline.config import ShardConfig
+    from data_pipeline.shard_job import run_shard_job
+
+    data = load_yaml_layers(preset_path("data", args.config)) if args.config else {}
+    data.update(flags_to_dict(args, ShardConfig, skip={"sources"}))
+    data["sources"] = args.sources
+    cfg = from_dict(ShardConfig, data, where="data shard")
+    summary = run_shard_job(cfg)
+    print(summary.render())
+    return 0
+
+
+def _data_info(args: argparse.Namespace) -> int:
+    from data_pipeline.info import dataset_info
+
+    report = dataset_info(args.dir, sheet_path=args.sheet)
+    print(report.render())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from data_pipeline.config import ShardConfig
+
+    parser = argparse.ArgumentParser(prog="worldsim", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    stages = parser.add_subparsers(dest="stage", required=True)
+
+    data = stages.add_parser("data", help="turn clips and game episodes into webdataset shards")
+    data_cmds = data.add_subparsers(dest="command", required=True)
+    shard = data_cmds.add_parser(
+        "shard",
+        help="write shards from videos, folders, games (procgen:coinrun, atari:Breakout) or shards",
+    )
+    shard.add_argument("sources", nargs="+", metavar="SOURCE")
+    shard.add_argument("--config", default=None, help="preset in configs/data/ or a YAML path")
+    add_dataclass_flags(shard, ShardConfig, skip={"sources"})
+    shard.set_defaults(func=_data_shard)
+
+    info = data_cmds.add_parser("info", help="summarise a shard folder and draw a contact sheet")
+    info.add_argument("dir")
+    info.add_argument("--sheet", default=None, help="contact-sheet PNG (default DIR/contact_sheet.png)")
+    info.set_defaults(func=_data_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"worldsim: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
