@@ -47,7 +47,9 @@ class ActionSpace:
             if not self.shape:
                 raise ValueError("a continuous action space needs a shape")
         else:
-            raise ValueError(f"unknown action space type {self.type!r}; use 'discrete' or 'continuous'")
+            raise ValueError(
+                f"unknown action space type {self.type!r}; use 'discrete' or 'continuous'"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -17,7 +17,10 @@ from data_pipeline.schema import ActionSpace, Clip
 
 
 class WorkUnit(Protocol):
-    uid: str  # stable, unique, filename-safe id; prefixes the sample keys of its clips
+    @property
+    def uid(self) -> str:
+        """Stable, unique, filename-safe id without '.'; prefixes the sample keys of its clips."""
+        ...
 
     def action_space(self) -> ActionSpace | None:
         """The action space of this unit's clips (None when actions are unknown)."""

@@ -1,7 +1,7 @@
 """The `worldsim` console command: the one file that imports the stages and wires them to flags.
 
-    worldsim data shard SOURCE [SOURCE ...] --out DIR [--config PRESET] [--frames 16 ...]
-    worldsim data info DIR [--sheet PNG]
+worldsim data shard SOURCE [SOURCE ...] --out DIR [--config PRESET] [--frames 16 ...]
+worldsim data info DIR [--sheet PNG]
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = data_cmds.add_parser("info", help="summarise a shard folder and draw a contact sheet")
     info.add_argument("dir")
-    info.add_argument("--sheet", default=None, help="contact-sheet PNG (default DIR/contact_sheet.png)")
+    info.add_argument(
+        "--sheet", default=None, help="contact-sheet PNG (default DIR/contact_sheet.png)"
+    )
     info.set_defaults(func=_data_info)
     return parser
 

@@ -24,7 +24,7 @@ T = TypeVar("T")
 def preset_path(group: str, name_or_path: str) -> Path:
     """`coinrun` -> the packaged configs/<group>/coinrun.yaml; an existing path is used as is."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():
         if not p.is_file():
             raise FileNotFoundError(f"config file not found: {p}")
         return p
@@ -44,7 +44,9 @@ def load_yaml_layers(path: Path) -> dict[str, Any]:
     for layer in ([base] if base.is_file() and base != path else []) + [path]:
         data = yaml.safe_load(layer.read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{layer}: a config file must hold a mapping, got {type(data).__name__}")
+            raise ValueError(
+                f"{layer}: a config file must hold a mapping, got {type(data).__name__}"
+            )
         _deep_update(merged, data)
     return merged
 
@@ -69,16 +71,14 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(
-            f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}"
-        )
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         ftype = hints[name]
         if dataclasses.is_dataclass(ftype) and isinstance(value, dict):
             value = from_dict(ftype, value, f"{where}.{name}")  # type: ignore[arg-type]
-        kwargs[name] = value
+        kwargs[name] = _coerce(value, ftype, f"{where}.{name}")
     return cls(**kwargs)
 
 
@@ -103,6 +103,24 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: set[st
 def flags_to_dict(ns: argparse.Namespace, cls: type, skip: set[str]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)} - skip
     return {k: v for k, v in vars(ns).items() if k in names and v is not None}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """YAML 1.1 reads `3e-4` as a string and `1` where a float is meant; fix both against the
+    field's declared type, and name the key when the value cannot be one."""
+    target = _scalar_type(tp)
+    if value is None or target is str or isinstance(value, bool) or target not in (int, float):
+        return value
+    if target is float and isinstance(value, (int, str)):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif target is int and isinstance(value, int):
+        return value
+    if isinstance(value, target):
+        return value
+    raise ValueError(f"{where}: expected {target.__name__}, got {value!r}")
 
 
 def _scalar_type(tp: Any) -> Any:

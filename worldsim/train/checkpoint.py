@@ -1,0 +1,133 @@
+"""Atomic training checkpoints on top of `accelerate`'s save_state/load_state.
+
+Layout of `<out>/checkpoints/step-00001000/`:
+    model.safetensors, optimizer.bin, scheduler.bin, random_states_<rank>.pkl   (accelerate)
+    process_state_<rank>.pt   each process's data position and unlogged metric sums
+    model/                    `save_pretrained` export, loadable without the driver
+    trainer_state.json        step, process count, config; written last
+
+Every process writes into `step-XXXXXXXX.tmp/`; once all have finished, the main process renames
+it. A reader therefore never sees a half-written checkpoint: a `.tmp` left by a killed run is
+ignored and removed by the next save. Across machines the output folder must be shared storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from accelerate import Accelerator
+
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+class Pretrained(Protocol):
+    """What the driver needs to export a model for inference (diffusers ModelMixin has it)."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Restored:
+    path: Path
+    step: int
+    process_state: dict[str, Any]  # what this process passed to save_checkpoint
+
+
+def checkpoint_path(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The complete checkpoint with the highest step under `root`, or None."""
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    return max(done, key=lambda p: p.name, default=None)
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    root: Path,
+    step: int,
+    model: Pretrained,
+    process_state: dict[str, Any],
+    meta: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Collective: every process must call it, each with its own `process_state` (data loader
+    position...). Returns the final checkpoint folder."""
+    final = checkpoint_path(root, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob("step-*.*"):  # leftovers of killed saves or replacements
+            shutil.rmtree(stale)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    torch.save(process_state, tmp / f"process_state_{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        model.save_pretrained(tmp / "model")
+        state = {"step": step, "num_processes": accelerator.num_processes, **meta}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        replace_dir(tmp, final)
+        _prune(root, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> Restored:
+    """Collective: restores model, optimizer, scheduler and RNG states in place."""
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise FileNotFoundError(f"not a complete checkpoint (no {STATE_FILE}): {path}")
+    state = json.loads(state_file.read_text())
+    if state["num_processes"] != accelerator.num_processes:
+        # Data positions and RNG streams are per process; they cannot be re-split exactly.
+        raise ValueError(
+            f"checkpoint {path} was written by {state['num_processes']} processes; resume it "
+            f"with the same count (this run has {accelerator.num_processes})"
+        )
+    accelerator.load_state(str(path))
+    process_file = path / f"process_state_{accelerator.process_index}.pt"
+    # Our own file: trusted, and loader states may hold numpy RNG states.
+    process_state = torch.load(process_file, map_location="cpu", weights_only=False)
+    return Restored(path=path, step=int(state["step"]), process_state=process_state)
+
+
+def export_pretrained(model: Pretrained, dst: Path) -> Path:
+    """`save_pretrained` into `dst`, replacing an older export only once the new one is complete."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    replace_dir(tmp, dst)
+    return dst
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`; an existing `dst` is moved aside first and deleted only afterwards."""
+    old = dst.with_name(dst.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    done = sorted(p for p in root.iterdir() if _NAME.match(p.name))
+    for path in done[: max(len(done) - keep_last, 0)]:
+        shutil.rmtree(path)
