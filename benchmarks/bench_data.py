@@ -24,7 +24,7 @@ import webdataset as wds
 from data_pipeline.config import ShardConfig
 from data_pipeline.loader import LoaderConfig, ShardLoader
 from data_pipeline.shard_job import run_shard_job
-from data_pipeline.video import decode_size
+from data_pipeline.video import DECODE_THREADS, decode_size
 
 SHARED_CLIP = Path(__file__).resolve().parents[2] / "shared/data/clips/road_overhead.mp4"
 
@@ -46,15 +46,20 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def plain_decord(path: str, size: int) -> int:
+def plain_decord(path: str, size: int, fps: float | None = None) -> int:
+    """decord alone at the output resolution: every frame, or (fps given) only the frames a
+    resample to `fps` keeps, which is all the pipeline itself asks decord for."""
     probe = decord.VideoReader(path)
     height, width = probe[0].shape[:2]
     w, h = decode_size(width, height, size)
-    reader = decord.VideoReader(path, width=w, height=h, num_threads=1)
+    # Same decoder threads as the pipeline, so the ratio compares our work, not thread counts.
+    reader = decord.VideoReader(path, width=w, height=h, num_threads=DECODE_THREADS)
     n = len(reader)
-    for start in range(0, n, 256):
-        reader.get_batch(list(range(start, min(n, start + 256)))).asnumpy()
-    return n
+    step = 1.0 if fps is None else reader.get_avg_fps() / fps
+    wanted = sorted({min(n - 1, round(k * step)) for k in range(int(n / step))})
+    for start in range(0, len(wanted), 256):
+        reader.get_batch(wanted[start : start + 256]).asnumpy()
+    return len(wanted)
 
 
 def bench_sharding(clip: str, size: int, fps: float, repeats: int) -> None:
@@ -69,12 +74,15 @@ def bench_sharding(clip: str, size: int, fps: float, repeats: int) -> None:
 
         t_ours = best_time(shard, repeats)
         t_plain = best_time(lambda: plain_decord(clip, size), repeats)
+        t_kept = best_time(lambda: plain_decord(clip, size, fps), repeats)
     ratio = t_plain / t_ours
     print(f"[sharding] {clip} ({n_src} source frames) at {size}px, {fps} fps")
-    print(f"  decord plain decode : {n_src / t_plain:8.1f} source frames/s ({t_plain:.3f} s)")
-    print(f"  worldsim data shard : {n_src / t_ours:8.1f} source frames/s ({t_ours:.3f} s)")
+    print(f"  decord, every frame     : {n_src / t_plain:8.1f} source frames/s ({t_plain:.3f} s)")
+    print(f"  decord, kept frames only: {n_src / t_kept:8.1f} source frames/s ({t_kept:.3f} s)")
+    print(f"  worldsim data shard     : {n_src / t_ours:8.1f} source frames/s ({t_ours:.3f} s)")
     verdict = "PASS" if ratio >= 0.7 else "FAIL"
-    print(f"  ratio ours/decord   : {ratio:.2f}x  (target >= 0.70)  {verdict}")
+    print(f"  ratio ours/decord every frame: {ratio:.2f}x  (target >= 0.70)  {verdict}")
+    print(f"  ratio ours/decord kept frames: {t_kept / t_ours:.2f}x")
 
 
 def plain_webdataset(urls: list[str]) -> int:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from worldsim.config import (
     add_dataclass_flags,
     flags_to_dict,
     from_dict,
+    load_config,
     load_yaml_layers,
     preset_path,
 )
@@ -38,6 +40,36 @@ def _data_info(args: argparse.Namespace) -> int:
 
     report = dataset_info(args.dir, sheet_path=args.sheet)
     print(report.render())
+    return 0
+
+
+def _tokenizer_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
+    from tokenizer.train_task import TokenizerTask, TokenizerTrainConfig
+
+    cfg = load_config(TokenizerTrainConfig, "tokenizer", preset, overrides)
+    return TokenizerTask(cfg), cfg.train
+
+
+# model -> loader of (TrainTask, TrainConfig) from configs/<model>/<preset>.yaml + overrides; the
+# imports stay inside so only the chosen stage loads.
+TRAIN_TASKS: dict[str, Callable[[str, list[str]], tuple[Any, Any]]] = {
+    "tokenizer": _tokenizer_task,
+}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from worldsim.train import TrainingDiverged, train
+
+    task, train_cfg = TRAIN_TASKS[args.model](args.config, args.overrides)
+    try:
+        result = train(task, train_cfg)
+    except TrainingDiverged as err:
+        print(f"worldsim: training diverged: {err}", file=sys.stderr)
+        return 3
+    if PartialState().is_main_process:
+        print(result.render())
     return 0
 
 
@@ -65,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--sheet", default=None, help="contact-sheet PNG (default DIR/contact_sheet.png)"
     )
     info.set_defaults(func=_data_info)
+
+    trainer = stages.add_parser("train", help="train a model with the shared accelerate driver")
+    models = trainer.add_subparsers(dest="model", required=True)
+    for name in TRAIN_TASKS:
+        sub = models.add_parser(name, help=f"train the {name}")
+        sub.add_argument(
+            "--config", required=True, help=f"preset in configs/{name}/ or a YAML path"
+        )
+        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=2000")
+        sub.set_defaults(func=_train)
     return parser
 
 

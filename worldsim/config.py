@@ -47,7 +47,7 @@ def load_yaml_layers(path: Path) -> dict[str, Any]:
             raise ValueError(
                 f"{layer}: a config file must hold a mapping, got {type(data).__name__}"
             )
-        _deep_update(merged, data)
+        deep_update(merged, data)
     return merged
 
 
@@ -84,7 +84,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
 
 def load_config(cls: type[T], group: str, preset: str, overrides: list[str]) -> T:
     data = load_yaml_layers(preset_path(group, preset))
-    _deep_update(data, parse_overrides(overrides))
+    deep_update(data, parse_overrides(overrides))
     return from_dict(cls, data, where=f"{group}/{preset}")
 
 
@@ -129,9 +129,10 @@ def _scalar_type(tp: Any) -> Any:
     return tp if tp in (int, float, str) else str
 
 
-def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+def deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    """Lay `src` over `dst` in place, merging nested mappings key by key."""
     for k, v in src.items():
         if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_update(dst[k], v)
+            deep_update(dst[k], v)
         else:
             dst[k] = v

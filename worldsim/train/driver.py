@@ -266,13 +266,15 @@ class _Run:
             (self.out / "train_config.yaml").write_text(text)
 
     def _batches(self) -> Iterator[Any]:
-        while True:
-            empty = True
+        # One empty pass is normal: a run resumed from a checkpoint taken exactly at an epoch's
+        # end first finishes that (spent) epoch. Two in a row mean there is no data at all.
+        empty_passes = 0
+        while empty_passes < 2:
+            empty_passes += 1
             for batch in self.data:
-                empty = False
+                empty_passes = 0
                 yield _to_device(batch, self.acc.device)
-            if empty:
-                raise ValueError("the training data yielded no batches")
+        raise ValueError("the training data yielded no batches")
 
     def _train_step(self, batch: Any) -> bool:
         """One optimizer step; returns whether any process has run past the time budget."""

@@ -1,0 +1,66 @@
+"""`worldsim train tokenizer` end to end on the tiny preset: train, save, resume, load, encode."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_pipeline.config import ShardConfig
+from data_pipeline.loader import LoaderConfig, ShardLoader
+from data_pipeline.shard_job import run_shard_job
+from tokenizer.model import VideoTokenizer
+from tokenizer.train_task import TokenizerTrainConfig
+from worldsim.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("coinrun16")
+    cfg = ShardConfig(
+        sources=["procgen:coinrun"], out=str(out), size=16, frames=8, stride=8,
+        episodes=4, max_steps=64, units_per_shard=2, workers=1,
+    )  # fmt: skip
+    run_shard_job(cfg)
+    return out
+
+
+def train(shards: Path, run: Path, steps: int) -> int:
+    return main(
+        ["train", "tokenizer", "--config", "tiny", f"data.shards={shards}",
+         f"train.out_dir={run}", f"train.steps={steps}", "train.checkpoint_every=4"]
+    )  # fmt: skip
+
+
+def logged_steps(run: Path) -> list[int]:
+    with open(run / "train.csv") as f:
+        return [int(row["step"]) for row in csv.DictReader(f)]
+
+
+def test_train_save_resume_load_encode(tiny_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(tiny_shards, run, steps=8) == 0
+    assert (run / "checkpoints" / "step-00000008").is_dir()
+    assert train(tiny_shards, run, steps=12) == 0  # resumes at step 8, not from scratch
+    assert logged_steps(run) == [5, 10]  # one row per log interval, none repeated by the resume
+
+    model = VideoTokenizer.from_pretrained(run / "final")
+    batch = next(iter(ShardLoader(LoaderConfig(shards=str(tiny_shards), batch_size=2))))
+    tokens = model.encode(batch.frames)
+    assert tokens.shape == (2, 8, 4, 4) and tokens.dtype == torch.int64
+    assert model.decode(tokens).shape == batch.frames.shape
+
+
+def test_bad_override_names_the_key(tiny_shards: Path, tmp_path: Path, capsys) -> None:
+    code = main(["train", "tokenizer", "--config", "tiny", "train.stepz=3"])
+    assert code == 2 and "stepz" in capsys.readouterr().err
+
+
+def test_model_overrides_reach_the_model() -> None:
+    cfg = TokenizerTrainConfig(preset="tiny", model={"width": 48, "quantizer": {"levels": [4, 4]}})
+    model_cfg = cfg.model_config()
+    assert model_cfg.width == 48 and model_cfg.quantizer.levels == [4, 4]
+    with pytest.raises(ValueError, match="num_heads"):
+        TokenizerTrainConfig(preset="tiny", model={"width": 33}).model_config()

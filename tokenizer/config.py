@@ -1,0 +1,172 @@
+"""Configuration of the video tokenizer and its named presets.
+
+Presets: `tiny` (tests, trains in seconds), `coinrun` (64x64, sized for about an hour on a 2-core
+CPU), `base` and `large` (GPU; `large` follows Genie's CoinRun case study).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from worldsim.config import from_dict
+
+VQ_UPDATES = ("ema", "grad")
+
+
+@dataclass
+class QuantizerConfig:
+    type: str = "fsq"  # "fsq" or "vq"
+    # fsq: levels per latent dimension; the code count is their product. [8, 5, 5, 5] gives 1000
+    # codes from a 4-d latent (Mentzer et al. 2023, table of recommended levels).
+    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
+    codebook_size: int = 1024  # vq only
+    code_dim: int = 32  # vq only; low dims make the cosine lookup meaningful (recipes.md)
+    update: str = "ema"  # vq only: "ema" (running means of the assigned inputs) or "grad"
+    ema_decay: float = 0.99  # vq "ema": weight of the old code per step
+    commitment: float = 0.25  # vq: weight of ||z - sg(code)||^2 (VQ-VAE's beta)
+    dead_after: int = 50  # vq: training steps unused before a code restarts from an encoder output
+    restart_noise: float = 0.02  # vq: std of the noise added to restarted codes (before l2-norm)
+
+    @property
+    def num_codes(self) -> int:
+        return math.prod(self.levels) if self.type == "fsq" else self.codebook_size
+
+    @property
+    def dim(self) -> int:
+        """Width of the latent the quantizer reads and writes."""
+        return len(self.levels) if self.type == "fsq" else self.code_dim
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.levels or any(level < 2 for level in self.levels):
+            out.append(f"quantizer.levels must be a non-empty list of ints >= 2, got {self.levels}")
+        if self.codebook_size < 2 or self.code_dim < 1:
+            out.append("quantizer.codebook_size must be >= 2 and quantizer.code_dim >= 1")
+        if self.update not in VQ_UPDATES:
+            out.append(f"quantizer.update must be one of {list(VQ_UPDATES)}, got {self.update!r}")
+        if not 0 <= self.ema_decay < 1:
+            out.append(f"quantizer.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.dead_after < 1:
+            out.append(f"quantizer.dead_after must be >= 1, got {self.dead_after}")
+        return out
+
+
+@dataclass
+class TokenizerConfig:
+    image_size: int = 64  # frames are square image_size x image_size
+    channels: int = 3
+    patch_size: int = 4  # one token per patch_size^2 pixels: 64x64 -> 16x16 tokens
+    max_frames: int = 16  # length of the learned temporal position table (Genie's clip length)
+    # "conv": per-frame conv stem / pixel-shuffle head, which carry pixels far more cheaply than
+    # attention on CPU (recipes.md); "patch": Genie's linear patch embedding.
+    stem: str = "conv"
+    encoder_conv_width: int = 32  # conv stem channels at full resolution, doubled per 2x downsample
+    decoder_conv_width: int = 64  # conv head channels at full resolution: capacity goes in decoding
+    width: int = 128  # transformer width on the token grid
+    encoder_depth: int = 2  # ST blocks before the quantizer
+    decoder_depth: int = 4  # ST blocks after it (decoder > encoder, following ViTok)
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    qk_norm: bool = True  # Genie uses QK-norm; it keeps attention logits bounded at lr 1e-3
+    attention: str = "auto"  # backend name, see worldsim.nn.attention.ATTENTION_BACKENDS
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+
+    @property
+    def grid(self) -> int:
+        """Tokens per side of a frame."""
+        return self.image_size // self.patch_size
+
+    @property
+    def bits_per_frame(self) -> float:
+        return self.grid**2 * math.log2(self.quantizer.num_codes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:
+        cfg = from_dict(cls, data, where="tokenizer config")
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ValueError naming every inconsistent option. Unknown `stem`, `attention` and
+        `quantizer.type` names are reported by their registries when the model is built."""
+        problems = self.quantizer.problems()
+        positive = ("image_size", "channels", "patch_size", "max_frames", "width", "num_heads")
+        problems += [
+            f"{n} must be >= 1, got {getattr(self, n)}" for n in positive if getattr(self, n) < 1
+        ]
+        if self.image_size % self.patch_size:
+            problems.append(
+                f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}"
+            )
+        if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
+            problems.append(f"the conv stem needs a power-of-two patch_size, got {self.patch_size}")
+        if self.width % self.num_heads:
+            problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.encoder_depth < 0 or self.decoder_depth < 0:
+            problems.append("encoder_depth and decoder_depth must be >= 0")
+        if problems:
+            raise ValueError("bad tokenizer config: " + "; ".join(problems))
+
+
+def _tiny() -> TokenizerConfig:
+    return TokenizerConfig(
+        image_size=16,
+        max_frames=8,
+        encoder_conv_width=32,
+        decoder_conv_width=32,
+        width=32,
+        encoder_depth=1,
+        decoder_depth=1,
+        num_heads=2,
+        mlp_ratio=2.0,
+        quantizer=QuantizerConfig(levels=[5, 5, 5], codebook_size=64, code_dim=8, dead_after=2),
+    )
+
+
+def _coinrun() -> TokenizerConfig:
+    return TokenizerConfig()
+
+
+def _base() -> TokenizerConfig:
+    return TokenizerConfig(
+        encoder_conv_width=64,
+        decoder_conv_width=128,
+        width=256,
+        encoder_depth=4,
+        decoder_depth=8,
+        num_heads=8,
+    )
+
+
+def _large() -> TokenizerConfig:
+    # Genie's CoinRun case study (Bruce et al. 2024, appendix): ST-ViViT with linear patches,
+    # 8 layers of width 512 on each side, VQ with 1024 codes of dim 32, patch 4.
+    return TokenizerConfig(
+        stem="patch",
+        width=512,
+        encoder_depth=8,
+        decoder_depth=8,
+        num_heads=8,
+        quantizer=QuantizerConfig(type="vq", codebook_size=1024, code_dim=32),
+    )
+
+
+PRESETS: dict[str, Callable[[], TokenizerConfig]] = {
+    "tiny": _tiny,
+    "coinrun": _coinrun,
+    "base": _base,
+    "large": _large,
+}
+
+
+def tokenizer_preset(name: str, **overrides: Any) -> TokenizerConfig:
+    """A fresh copy of preset `name` with top-level fields replaced by `overrides`."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown tokenizer preset {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = dataclasses.replace(PRESETS[name](), **overrides)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,320 @@
+"""The causal video tokenizer: frames (B, T, C, H, W) in [-1, 1] <-> tokens (B, T, h, w).
+
+Genie's ST-ViViT layout: a per-frame stem maps each frame to an h x w token grid, ST blocks
+(spatial attention, causal temporal attention, MLP) mix the grid, a quantizer discretises each
+token, and a decoder of the same kind with a per-frame head maps codes back to pixels. Every piece
+is per-frame or causal in time, so tokens and reconstructions of frame t depend on frames <= t.
+
+On CPU the default stem is convolutional (stride-2 convs to the grid, pixel-shuffle head), which
+carries pixels far more cheaply than patch attention (recipes.md); "patch" is Genie's linear
+patch embedding. Training is pure MSE plus the quantizer's terms, for PSNR.
+
+References: Bruce et al. 2024, "Genie: Generative Interactive Environments" (ST-ViViT tokenizer);
+Hansen-Estruch et al. 2025, "Learnings from Scaling Visual Tokenizers" (ViTok: decoder capacity).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from einops import rearrange
+from safetensors import SafetensorError
+from torch import Tensor, nn
+
+from tokenizer.config import TokenizerConfig
+from tokenizer.quantizers import build_quantizer
+from worldsim.nn.st_block import STTransformer
+
+RANGE_TOLERANCE = 1e-3  # frames may overshoot [-1, 1] by float rounding of uint8 / 127.5 - 1
+
+
+class PretrainedModel(ModelMixin, ConfigMixin):
+    """save_pretrained / from_pretrained convention of every worldsim model.
+
+    Why diffusers' ModelMixin + ConfigMixin: the weights go to safetensors and the config to JSON,
+    so loading never unpickles; the accelerate training driver already exports through
+    `save_pretrained`; and the format is the one the diffusers/Hub tooling reads. Loading adds
+    what diffusers lacks: a check that the folder holds this model class, and errors that name
+    the folder when a file is missing or corrupt.
+    """
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any
+    ) -> Self:
+        folder = Path(pretrained_model_name_or_path)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(
+                f"no {cls.__name__} checkpoint in {folder}: config.json missing"
+            )
+        try:
+            saved = json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"corrupt config file {config_file}: {err}") from err
+        found = saved.get("_class_name") if isinstance(saved, dict) else None
+        if found != cls.__name__:
+            raise ValueError(f"{folder} holds a {found!r} checkpoint, not a {cls.__name__}")
+        kwargs.setdefault("use_safetensors", True)  # never fall back to a pickled .bin
+        try:
+            return super().from_pretrained(folder, **kwargs)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+            raise ValueError(f"cannot load {cls.__name__} from {folder}: {err}") from err
+
+
+@dataclass
+class TokenizerOutput:
+    loss: Tensor  # scalar: MSE + quantizer terms
+    metrics: dict[str, Tensor]  # detached scalars: mse, psnr, quantizer_loss, usage, perplexity
+    recon: Tensor  # (B, T, C, H, W) reconstruction, detached, not clamped
+
+
+def frame_psnr(pred_BTCHW: Tensor, target_BTCHW: Tensor) -> Tensor:
+    """Mean over frames of the PSNR (dB) of each frame, images in [-1, 1] (peak-to-peak 2)."""
+    err = (pred_BTCHW.float().clamp(-1, 1) - target_BTCHW.float()).pow(2).mean(dim=(2, 3, 4))
+    return (10 * torch.log10(4 / err.clamp_min(1e-10))).mean()
+
+
+class ResBlock(nn.Module):
+    """Pre-activation 3x3 residual block on one frame (B, C, H, W); no norm layer, which would
+    cost more than the convs at these widths on CPU."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(x)
+
+
+class ConvStem(nn.Module):
+    """frames (B, T, C, H, W) -> tokens (B, T, h*w, width) by log2(patch) stride-2 convs, each
+    followed by a residual block; channels end at `encoder_conv_width` on the grid."""
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        stages = int(math.log2(cfg.patch_size))
+        layers: list[nn.Module] = []
+        ch_in = cfg.channels
+        for i in range(stages):
+            ch = cfg.encoder_conv_width >> (stages - 1 - i)
+            layers += [nn.Conv2d(ch_in, ch, 4, stride=2, padding=1), ResBlock(ch)]
+            ch_in = ch
+        layers += [nn.SiLU(), nn.Conv2d(ch_in, cfg.width, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, frames_BTCHW: Tensor) -> Tensor:
+        x = self.net(rearrange(frames_BTCHW, "b t c h w -> (b t) c h w"))
+        return rearrange(x, "(b t) d h w -> b t (h w) d", b=frames_BTCHW.shape[0])
+
+
+class ConvHead(nn.Module):
+    """tokens (B, T, h*w, width) -> frames (B, T, C, H, W): a residual block and a 2x
+    pixel-shuffle upsampling per stage, halving channels from `decoder_conv_width`."""
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        self.grid = cfg.grid
+        ch = cfg.decoder_conv_width
+        layers: list[nn.Module] = [nn.Conv2d(cfg.width, ch, 1)]
+        for _ in range(int(math.log2(cfg.patch_size))):
+            layers += [ResBlock(ch), nn.Conv2d(ch, 2 * ch, 3, padding=1), nn.PixelShuffle(2)]
+            ch //= 2
+        layers += [ResBlock(ch), nn.SiLU(), nn.Conv2d(ch, cfg.channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x_BTND: Tensor) -> Tensor:
+        x = rearrange(x_BTND, "b t (h w) d -> (b t) d h w", h=self.grid)
+        return rearrange(self.net(x), "(b t) c h w -> b t c h w", b=x_BTND.shape[0])
+
+
+class PatchStem(nn.Module):
+    """Genie's linear patch embedding: each p x p x C patch -> one width-d token."""
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        self.patch = cfg.patch_size
+        self.proj = nn.Linear(cfg.patch_size**2 * cfg.channels, cfg.width)
+
+    def forward(self, frames_BTCHW: Tensor) -> Tensor:
+        p = self.patch
+        patches = rearrange(frames_BTCHW, "b t c (h p1) (w p2) -> b t (h w) (p1 p2 c)", p1=p, p2=p)
+        return self.proj(patches)
+
+
+class PatchHead(nn.Module):
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        self.patch, self.grid = cfg.patch_size, cfg.grid
+        self.proj = nn.Linear(cfg.width, cfg.patch_size**2 * cfg.channels)
+
+    def forward(self, x_BTND: Tensor) -> Tensor:
+        p = self.patch
+        return rearrange(
+            self.proj(x_BTND),
+            "b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)",
+            h=self.grid,
+            p1=p,
+            p2=p,
+        )
+
+
+STEMS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
+    "conv": (ConvStem, ConvHead),
+    "patch": (PatchStem, PatchHead),
+}
+
+
+def _st_transformer(cfg: TokenizerConfig, depth: int) -> STTransformer:
+    return STTransformer(
+        cfg.width,
+        depth,
+        cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        qk_norm=cfg.qk_norm,
+        backend=cfg.attention,
+    )
+
+
+class VideoTokenizer(PretrainedModel):
+    """Causal VQ video tokenizer. `forward(frames)` is the training loss (so DDP wrappers work);
+    `encode` / `decode` are the inference API."""
+
+    def __init__(self, cfg: TokenizerConfig | Mapping[str, Any]) -> None:
+        super().__init__()
+        cfg = cfg if isinstance(cfg, TokenizerConfig) else TokenizerConfig.from_dict(dict(cfg))
+        cfg.validate()
+        if cfg.stem not in STEMS:
+            raise ValueError(f"unknown stem {cfg.stem!r}; choose one of {sorted(STEMS)}")
+        # What @register_to_config would do, after turning the dataclass into JSON-able data:
+        # config.json then holds {"cfg": {...}} and from_pretrained calls cls(cfg=dict).
+        self.register_to_config(cfg=asdict(cfg))
+        self.cfg = cfg
+        stem, head = STEMS[cfg.stem]
+        n, d = cfg.grid**2, cfg.width
+        self.stem = stem(cfg)
+        self.enc_pos_space = nn.Parameter(torch.zeros(1, 1, n, d))
+        self.enc_pos_time = nn.Parameter(torch.zeros(1, cfg.max_frames, 1, d))
+        self.encoder = _st_transformer(cfg, cfg.encoder_depth)
+        self.quantizer = build_quantizer(cfg.quantizer)
+        self.pre_quant = nn.Linear(d, self.quantizer.dim)
+        self.post_quant = nn.Linear(self.quantizer.dim, d)
+        self.dec_pos_space = nn.Parameter(torch.zeros(1, 1, n, d))
+        self.dec_pos_time = nn.Parameter(torch.zeros(1, cfg.max_frames, 1, d))
+        self.decoder = _st_transformer(cfg, cfg.decoder_depth)
+        self.head = head(cfg)
+        for pos in (self.enc_pos_space, self.enc_pos_time, self.dec_pos_space, self.dec_pos_time):
+            nn.init.trunc_normal_(pos, std=0.02)
+
+    @property
+    def num_codes(self) -> int:
+        return self.quantizer.num_codes
+
+    def encode(self, frames_BTCHW: Tensor) -> Tensor:
+        """frames float (B, T, C, H, W) in [-1, 1] -> tokens int64 (B, T, h, w)."""
+        self.check_frames(frames_BTCHW)
+        z = self._latents(frames_BTCHW)
+        with torch.autocast(z.device.type, enabled=False):
+            indices = self.quantizer.tokenize(z.float())
+        return rearrange(indices, "b t (h w) -> b t h w", h=self.cfg.grid)
+
+    def decode(self, tokens_BThw: Tensor) -> Tensor:
+        """tokens int (B, T, h, w) -> frames float (B, T, C, H, W) clamped to [-1, 1]."""
+        self.check_tokens(tokens_BThw)
+        codes = self.quantizer.embed(rearrange(tokens_BThw.long(), "b t h w -> b t (h w)"))
+        return self._pixels(codes).clamp(-1, 1)
+
+    def forward(self, frames_BTCHW: Tensor) -> TokenizerOutput:
+        return self.loss(frames_BTCHW)
+
+    def loss(self, frames_BTCHW: Tensor) -> TokenizerOutput:
+        self.check_frames(frames_BTCHW)
+        z = self._latents(frames_BTCHW)
+        # Rounding and code lookup in bf16 would move latents across code boundaries.
+        with torch.autocast(z.device.type, enabled=False):
+            quant = self.quantizer(z.float())
+        recon = self._pixels(quant.quantized).float()
+        mse = F.mse_loss(recon, frames_BTCHW)
+        metrics = {
+            "mse": mse.detach(),
+            "psnr": frame_psnr(recon.detach(), frames_BTCHW),
+            "quantizer_loss": quant.loss.detach(),
+            "usage": quant.usage,
+            "perplexity": quant.perplexity,
+        }
+        return TokenizerOutput(loss=mse + quant.loss, metrics=metrics, recon=recon.detach())
+
+    def _latents(self, frames_BTCHW: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> pre-quantisation latents (B, T, h*w, quantizer dim)."""
+        x = self.stem(frames_BTCHW)
+        x = x + self.enc_pos_space + self.enc_pos_time[:, : x.shape[1]]
+        return self.pre_quant(self.encoder(x))
+
+    def _pixels(self, codes_BTNQ: Tensor) -> Tensor:
+        """Codes (B, T, h*w, quantizer dim) -> frames (B, T, C, H, W), not clamped."""
+        x = self.post_quant(codes_BTNQ)
+        x = x + self.dec_pos_space + self.dec_pos_time[:, : x.shape[1]]
+        return self.head(self.decoder(x))
+
+    def check_frames(self, frames: Tensor) -> None:
+        """ValueError naming what is wrong with a frames batch."""
+        cfg = self.cfg
+        if not isinstance(frames, Tensor) or not frames.is_floating_point():
+            raise ValueError(
+                f"frames must be a float tensor, got {getattr(frames, 'dtype', frames)}"
+            )
+        if frames.ndim != 5:
+            raise ValueError(f"frames must be (B, T, C, H, W), got shape {tuple(frames.shape)}")
+        _, t, c, h, w = frames.shape
+        if c != cfg.channels:
+            raise ValueError(f"frames have {c} channels; this tokenizer takes {cfg.channels}")
+        if (h, w) != (cfg.image_size, cfg.image_size):
+            raise ValueError(
+                f"frames are {h}x{w}; this tokenizer takes {cfg.image_size}x{cfg.image_size} "
+                f"(patch size {cfg.patch_size})"
+            )
+        self._check_length(t)
+        if not torch.isfinite(frames).all():
+            raise ValueError("frames contain NaN or inf values")
+        lo, hi = float(frames.min()), float(frames.max())
+        if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+            raise ValueError(
+                f"frame values must lie in [-1, 1], got min {lo:.3g} max {hi:.3g} "
+                "(uint8 pixels map to x / 127.5 - 1)"
+            )
+
+    def check_tokens(self, tokens: Tensor) -> None:
+        """ValueError naming what is wrong with a tokens batch."""
+        if not isinstance(tokens, Tensor) or tokens.is_floating_point() or tokens.is_complex():
+            raise ValueError(
+                f"tokens must be an integer tensor, got {getattr(tokens, 'dtype', tokens)}"
+            )
+        g = self.cfg.grid
+        if tokens.ndim != 4 or tuple(tokens.shape[2:]) != (g, g):
+            raise ValueError(f"tokens must be (B, T, {g}, {g}), got shape {tuple(tokens.shape)}")
+        self._check_length(tokens.shape[1])
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.num_codes):
+            raise ValueError(
+                f"token ids must lie in [0, {self.num_codes}), got "
+                f"min {int(tokens.min())} max {int(tokens.max())}"
+            )
+
+    def _check_length(self, t: int) -> None:
+        if not 1 <= t <= self.cfg.max_frames:
+            raise ValueError(
+                f"clips must have 1..{self.cfg.max_frames} frames (max_frames), got {t}"
+            )

@@ -1,0 +1,80 @@
+"""How the shared training driver trains the tokenizer: config, data, loss and pictures.
+
+`worldsim train tokenizer --config coinrun [key=value ...]` loads `configs/tokenizer/coinrun.yaml`
+(over `base.yaml`) into `TokenizerTrainConfig` and hands a `TokenizerTask` to `worldsim.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_pipeline.loader import Batch, LoaderConfig, ShardLoader
+from tokenizer.config import TokenizerConfig, tokenizer_preset
+from tokenizer.model import TokenizerOutput, VideoTokenizer
+from worldsim.config import deep_update
+from worldsim.train import TrainConfig, to_uint8_clips, write_grid_png, write_side_by_side_mp4
+
+
+@dataclass
+class TokenizerTrainConfig:
+    preset: str = "coinrun"  # model preset in tokenizer.config.PRESETS
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
+    data: LoaderConfig = field(default_factory=LoaderConfig)  # training shards
+    # Held-out shards for evaluation and pictures ("" = none); read in stored order.
+    eval_shards: str = ""
+    eval_split: str = "test"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def model_config(self) -> TokenizerConfig:
+        base = dataclasses.asdict(tokenizer_preset(self.preset))
+        deep_update(base, self.model)
+        return TokenizerConfig.from_dict(base)
+
+
+class TokenizerTask:
+    """The tokenizer's side of `worldsim.train.TrainTask`."""
+
+    def __init__(self, cfg: TokenizerTrainConfig) -> None:
+        self.cfg = cfg
+        self.model_cfg = cfg.model_config()  # fails now, not after the data is opened
+
+    def build_model(self) -> VideoTokenizer:
+        return VideoTokenizer(self.model_cfg)
+
+    def train_batches(self, batch_size: int, rank: int, world_size: int, seed: int) -> ShardLoader:
+        data = dataclasses.replace(self.cfg.data, batch_size=batch_size, seed=seed)
+        return ShardLoader(data, rank=rank, world_size=world_size)
+
+    def eval_batches(self, batch_size: int) -> ShardLoader | None:
+        if not self.cfg.eval_shards:
+            return None
+        data = dataclasses.replace(
+            self.cfg.data,
+            shards=self.cfg.eval_shards,
+            split=self.cfg.eval_split,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=0,
+        )
+        return ShardLoader(data, rank=0, world_size=1)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> TokenizerOutput:
+        out: TokenizerOutput = model(batch.frames)
+        return out
+
+    def visualize(self, model: torch.nn.Module, batch: Batch, path_prefix: Path) -> list[Path]:
+        """Originals above reconstructions (PNG) and side by side (mp4), first 4 clips."""
+        with torch.no_grad():
+            recon = model(batch.frames[:4]).recon
+        real = to_uint8_clips(batch.frames[:4])
+        fake = to_uint8_clips(recon)
+        png = Path(f"{path_prefix}_recon.png")
+        mp4 = Path(f"{path_prefix}_recon.mp4")
+        write_grid_png([*real, *fake], png)
+        write_side_by_side_mp4([real[0], fake[0]], mp4, scale=4)
+        return [png, mp4]
