@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from worldsim.config import (
@@ -73,6 +74,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_tokenizer(args: argparse.Namespace) -> int:
+    from data_pipeline.loader import LoaderConfig, ShardLoader
+    from tokenizer.evaluate import evaluate_tokenizer, write_report
+    from tokenizer.model import VideoTokenizer
+
+    model = VideoTokenizer.from_pretrained(args.checkpoint)
+    data = LoaderConfig(
+        shards=args.shards, split=args.split, batch_size=args.batch_size, shuffle=False,
+        num_workers=0,
+    )  # fmt: skip
+    report = evaluate_tokenizer(model, ShardLoader(data, rank=0, world_size=1), args.max_batches)
+    report.checkpoint, report.shards, report.split = args.checkpoint, args.shards, args.split
+    out = args.out or str(Path(args.checkpoint) / f"eval_{args.split}.json")
+    print(report.render())
+    print(f"report: {write_report(report, out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from data_pipeline.config import ShardConfig
 
@@ -107,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=2000")
         sub.set_defaults(func=_train)
+
+    evaluate = stages.add_parser("eval", help="score a trained model on held-out shards")
+    evals = evaluate.add_subparsers(dest="model", required=True)
+    tok = evals.add_parser("tokenizer", help="PSNR, SSIM, codebook usage vs a same-bits bicubic")
+    tok.add_argument("--checkpoint", required=True, help="a save_pretrained folder, e.g. RUN/final")
+    tok.add_argument("--shards", required=True, help="shard folder, glob or URLs")
+    tok.add_argument("--split", default="test")
+    tok.add_argument("--batch-size", type=int, default=8)
+    tok.add_argument("--max-batches", type=int, default=None, help="default: the whole split")
+    tok.add_argument("--out", default=None, help="JSON report (default CHECKPOINT/eval_SPLIT.json)")
+    tok.set_defaults(func=_eval_tokenizer)
     return parser
 
 

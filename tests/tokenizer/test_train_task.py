@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 from data_pipeline.config import ShardConfig
 from data_pipeline.loader import LoaderConfig, ShardLoader
 from data_pipeline.shard_job import run_shard_job
+from tokenizer.evaluate import bicubic_side
 from tokenizer.model import VideoTokenizer
 from tokenizer.train_task import TokenizerTrainConfig
 from worldsim.cli import main
@@ -51,6 +54,21 @@ def test_train_save_resume_load_encode(tiny_shards: Path, tmp_path: Path) -> Non
     tokens = model.encode(batch.frames)
     assert tokens.shape == (2, 8, 4, 4) and tokens.dtype == torch.int64
     assert model.decode(tokens).shape == batch.frames.shape
+
+
+def test_eval_writes_a_report_and_bicubic_matches_bits(tiny_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train(tiny_shards, run, steps=4) == 0
+    out = tmp_path / "report.json"
+    args = ["eval", "tokenizer", "--checkpoint", str(run / "final"), "--shards", str(tiny_shards)]
+    assert main([*args, "--split", "train", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["clips"] == 32 and report["frames"] == 32 * 8
+    assert 0 < report["codebook_usage"] <= 1 and report["num_codes"] == 125
+    # 4x4 tokens of log2(125) bits = 111 bits: a 2x2 RGB thumbnail (96 bits) is the same budget.
+    assert report["bicubic_side"] == 2
+    assert bicubic_side(24 * 16 * 16) == 16 and bicubic_side(24 * 16 * 16 - 1) == 15
+    assert math.isfinite(report["psnr_db"]) and -1 <= report["ssim"] <= 1
 
 
 def test_bad_override_names_the_key(tiny_shards: Path, tmp_path: Path, capsys) -> None:
