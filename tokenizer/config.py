@@ -64,13 +64,17 @@ class TokenizerConfig:
     # "conv": per-frame conv stem / pixel-shuffle head, which carry pixels far more cheaply than
     # attention on CPU (recipes.md); "patch": Genie's linear patch embedding.
     stem: str = "conv"
-    encoder_conv_width: int = 32  # conv stem channels at full resolution, doubled per 2x downsample
-    decoder_conv_width: int = 64  # conv head channels at full resolution: capacity goes in decoding
+    # Defaults = the `coinrun` preset, the best of five ST designs measured at equal CPU time on
+    # CoinRun 64x64 (~7.5 min on 2 cores, FSQ 1000 codes): 29.0 dB held-out vs 25.7 dB for
+    # 2 + 4 blocks with MLP ratio 4; each ST block on the 16x16 grid costs about what the whole
+    # conv stem does, so blocks stay few and the conv head gets the spare capacity.
+    encoder_conv_width: int = 64  # conv stem channels on the grid, halved per 2x step to pixels
+    decoder_conv_width: int = 96  # same for the conv head: the decoder gets more (ViTok)
     width: int = 128  # transformer width on the token grid
-    encoder_depth: int = 2  # ST blocks before the quantizer
-    decoder_depth: int = 4  # ST blocks after it (decoder > encoder, following ViTok)
+    encoder_depth: int = 1  # ST blocks before the quantizer
+    decoder_depth: int = 1  # ST blocks after it
     num_heads: int = 4
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = 2.0  # half the usual 4: the MLP dominates a block's cost at width 128
     qk_norm: bool = True  # Genie uses QK-norm; it keeps attention logits bounded at lr 1e-3
     attention: str = "auto"  # backend name, see worldsim.nn.attention.ATTENTION_BACKENDS
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
@@ -137,8 +141,9 @@ def _base() -> TokenizerConfig:
         decoder_conv_width=128,
         width=256,
         encoder_depth=4,
-        decoder_depth=8,
+        decoder_depth=8,  # more capacity in the decoder (ViTok)
         num_heads=8,
+        mlp_ratio=4.0,
     )
 
 
@@ -151,6 +156,7 @@ def _large() -> TokenizerConfig:
         encoder_depth=8,
         decoder_depth=8,
         num_heads=8,
+        mlp_ratio=4.0,
         quantizer=QuantizerConfig(type="vq", codebook_size=1024, code_dim=32),
     )
 
