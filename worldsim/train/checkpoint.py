@@ -101,7 +101,7 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> Restored:
     accelerator.load_state(str(path))
     process_file = path / f"process_state_{accelerator.process_index}.pt"
     # Our own file: trusted, and loader states may hold numpy RNG states.
-    process_state = torch.load(process_file, map_location="cpu", weights_only=False)
+    process_state = torch.load(process_file, map_location="cpu", weights_only=True)
     return Restored(path=path, step=int(state["step"]), process_state=process_state)
 
 
