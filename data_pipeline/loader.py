@@ -9,6 +9,10 @@ each clip is seen exactly once per epoch and the whole epoch is a pure function 
 main process knows, at every batch, how many raw samples each worker has consumed; that is the
 resume state. Resuming skips those raw samples (shuffled but never decoded) and rotates the
 workers so that the round-robin continues where it stopped.
+
+The machinery (`StreamingLoader`) is generic over what a sample holds: a `SampleFormat` names the
+functions that decode one raw sample and collate decoded samples into a batch. `ShardLoader`
+streams frame shards; `data_pipeline.token_shards.TokenLoader` streams token shards.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ import logging
 import random
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -82,10 +86,28 @@ class Batch:
         )
 
 
+class _WithActions(Protocol):
+    actions: np.ndarray | None  # (T,) int64 or (T, D) float32; None when unknown
+
+
+@dataclass(frozen=True)
+class SampleFormat:
+    """How a loader turns raw samples into batches. Module-level functions only: the format is
+    pickled into every DataLoader worker."""
+
+    # raw sample (bytes values) -> decoded sample; ValueError / EOFError / OSError when malformed
+    decode: Callable[[dict[str, Any]], Any]
+    # (decoded samples, their keys, loader config) -> a batch with a pin_memory() method
+    collate: Callable[[list[Any], list[str], Any], Any]
+
+
+BatchT = TypeVar("BatchT")
+
+
 class _Item(NamedTuple):
     """What a worker sends: a batch, or None once at its end, with its resume bookkeeping."""
 
-    batch: Batch | None
+    batch: Any
     worker: int  # logical worker id
     consumed: int  # raw samples this worker has taken from its shuffled stream so far
     skipped: dict[str, int]  # this worker's bad_shards / bad_samples so far this epoch
@@ -128,12 +150,20 @@ def collate(clips: list[Clip], keys: list[str], action_dim: int | None) -> Batch
     frames_BTCHW = frames_BTHWC.permute(0, 1, 4, 2, 3).contiguous()
     frames = frames_BTCHW.to(torch.float32).mul_(2.0 / 255.0).sub_(1.0)
     mask = torch.tensor([c.actions is not None for c in clips], dtype=torch.bool)
-    return Batch(frames, _collate_actions(clips, keys, B, T, action_dim), mask, keys)
+    return Batch(frames, collate_actions(clips, keys, B, T, action_dim), mask, keys)
 
 
-def _collate_actions(
-    clips: list[Clip], keys: list[str], B: int, T: int, action_dim: int | None
+def _collate_frames(clips: list[Clip], keys: list[str], cfg: LoaderConfig) -> Batch:
+    return collate(clips, keys, cfg.action_dim)
+
+
+FRAME_FORMAT = SampleFormat(decode=decode_sample, collate=_collate_frames)
+
+
+def collate_actions(
+    clips: Sequence[_WithActions], keys: list[str], B: int, T: int, action_dim: int | None
 ) -> torch.Tensor:
+    """The clips' actions as (B, T) int64 or (B, T, D) float32, zeros for clips without."""
     known = [(i, c.actions) for i, c in enumerate(clips) if c.actions is not None]
     dim = action_dim
     if dim is None and known and known[0][1].ndim == 2:
@@ -165,6 +195,7 @@ class _EpochPlan:
     world_size: int
     consumed: list[int]  # raw samples already consumed, per logical worker
     rotation: int  # physical worker p plays logical worker (p + rotation) % workers
+    sample_format: SampleFormat
 
     @property
     def workers(self) -> int:
@@ -194,7 +225,7 @@ class _WorkerStream(IterableDataset):
             partial(_read_shards, skipped=skipped),
             wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_buffer, rng=rng) if cfg.shuffle else None,
             lambda samples: itertools.islice(samples, skip, None),  # before decoding: cheap
-            partial(_batches, cfg=cfg, logical=logical, consumed=skip, skipped=skipped),
+            partial(_batches, plan=plan, logical=logical, consumed=skip, skipped=skipped),
         )
         return iter(pipeline)
 
@@ -209,25 +240,26 @@ def _read_shards(urls: Iterator[str], skipped: Counter[str]) -> Iterator[dict]:
 
 
 def _batches(
-    samples: Iterator[dict], cfg: LoaderConfig, logical: int, consumed: int, skipped: Counter[str]
+    samples: Iterator[dict], plan: _EpochPlan, logical: int, consumed: int, skipped: Counter[str]
 ) -> Iterator[_Item]:
-    clips: list[Clip] = []
+    cfg, fmt = plan.cfg, plan.sample_format
+    clips: list[Any] = []
     keys: list[str] = []
     for sample in samples:
         consumed += 1
         key = sample.get("__key__", "?")
         try:
-            clips.append(decode_sample(sample))
+            clips.append(fmt.decode(sample))
         except (ValueError, EOFError, OSError) as exn:
             log.warning("skipping malformed sample %s of %s (%s)", key, sample.get("__url__"), exn)
             skipped["bad_samples"] += 1
             continue
         keys.append(key)
         if len(clips) == cfg.batch_size:
-            yield _Item(collate(clips, keys, cfg.action_dim), logical, consumed, dict(skipped))
+            yield _Item(fmt.collate(clips, keys, cfg), logical, consumed, dict(skipped))
             clips, keys = [], []
     if clips and not cfg.drop_last:
-        yield _Item(collate(clips, keys, cfg.action_dim), logical, consumed, dict(skipped))
+        yield _Item(fmt.collate(clips, keys, cfg), logical, consumed, dict(skipped))
     yield _Item(None, logical, consumed, dict(skipped))
 
 
@@ -235,12 +267,14 @@ def _unchanged(item: Any) -> Any:
     return item
 
 
-class ShardLoader:
-    """Iterate for one epoch of `Batch`es; iterate again for the next (reshuffled) epoch.
+class StreamingLoader(Generic[BatchT]):
+    """Iterate for one epoch of batches; iterate again for the next (reshuffled) epoch.
 
     Breaking out of an epoch and iterating again continues that epoch where it stopped, exactly
-    like `load_state_dict(state_dict())` in a new process.
+    like `load_state_dict(state_dict())` in a new process. Subclasses set `sample_format`.
     """
+
+    sample_format: ClassVar[SampleFormat]
 
     def __init__(
         self, cfg: LoaderConfig, rank: int | None = None, world_size: int | None = None
@@ -286,7 +320,7 @@ class ShardLoader:
     def bad_shards(self) -> int:
         return self.skipped["bad_shards"]
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[BatchT]:
         plan = _EpochPlan(
             self.urls,
             self.cfg,
@@ -296,6 +330,7 @@ class ShardLoader:
             self.world_size,
             list(self._consumed),
             self._next_worker,
+            self.sample_format,
         )
         stream = _WorkerStream(plan)
         items: Iterator[_Item] = iter(stream)
@@ -371,3 +406,9 @@ class ShardLoader:
             W, B = self.workers, self.cfg.batch_size
             self._consumed = [(k // W + (w < k % W)) * B for w in range(W)]
             self._next_worker = k % W
+
+
+class ShardLoader(StreamingLoader[Batch]):
+    """Frame shards -> `Batch`es of float frames; see `StreamingLoader` for epochs and resume."""
+
+    sample_format = FRAME_FORMAT

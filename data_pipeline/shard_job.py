@@ -170,7 +170,8 @@ def _claim_split(out: Path, split: str, options: dict[str, Any]) -> None:
     """Refuse to mix shards made with different options into one split; else record ours."""
     path = job_path(out, split)
     earlier = json.loads(path.read_text()) if path.is_file() else None
-    if earlier is None:
+    if earlier is None and any(out.glob(f"{split}-*.tar")):
+        # Shards without their job file (an older layout); deleted ones no longer bind.
         earlier = read_manifest(out)["splits"].get(split, {}).get("options")
     if earlier is not None and earlier != options:
         changed = sorted(k for k in set(earlier) | set(options) if earlier.get(k) != options.get(k))

@@ -15,60 +15,23 @@ Hansen-Estruch et al. 2025, "Learnings from Scaling Visual Tokenizers" (ViTok: d
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import ConfigMixin, ModelMixin
 from einops import rearrange
-from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from tokenizer.config import TokenizerConfig
 from tokenizer.quantizers import build_quantizer
+from worldsim.nn.kv_cache import KVCache, activation_dtype, check_hop
+from worldsim.nn.pretrained import PretrainedModel
 from worldsim.nn.st_block import STTransformer
 
 RANGE_TOLERANCE = 1e-3  # frames may overshoot [-1, 1] by float rounding of uint8 / 127.5 - 1
-
-
-class PretrainedModel(ModelMixin, ConfigMixin):
-    """save_pretrained / from_pretrained convention of every worldsim model.
-
-    Why diffusers' ModelMixin + ConfigMixin: the weights go to safetensors and the config to JSON,
-    so loading never unpickles; the accelerate training driver already exports through
-    `save_pretrained`; and the format is the one the diffusers/Hub tooling reads. Loading adds
-    what diffusers lacks: a check that the folder holds this model class, and errors that name
-    the folder when a file is missing or corrupt.
-    """
-
-    @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any
-    ) -> Self:
-        folder = Path(pretrained_model_name_or_path)
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(
-                f"no {cls.__name__} checkpoint in {folder}: config.json missing"
-            )
-        try:
-            saved = json.loads(config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"corrupt config file {config_file}: {err}") from err
-        found = saved.get("_class_name") if isinstance(saved, dict) else None
-        if found != cls.__name__:
-            raise ValueError(f"{folder} holds a {found!r} checkpoint, not a {cls.__name__}")
-        kwargs.setdefault("use_safetensors", True)  # never fall back to a pickled .bin
-        try:
-            return super().from_pretrained(folder, **kwargs)
-        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-            raise ValueError(f"cannot load {cls.__name__} from {folder}: {err}") from err
 
 
 @dataclass
@@ -76,6 +39,16 @@ class TokenizerOutput:
     loss: Tensor  # scalar: MSE + quantizer terms
     metrics: dict[str, Tensor]  # detached scalars: mse, psnr, quantizer_loss, usage, perplexity
     recon: Tensor  # (B, T, C, H, W) reconstruction, detached, not clamped
+
+
+@dataclass(frozen=True)
+class DecodeState:
+    """The causal decoder's window for one-frame-at-a-time decoding (`decode_start`,
+    `decode_step`): the tokens of its frames and, when cached, their temporal keys/values."""
+
+    tokens_BThw: Tensor  # the window's frames, oldest first (at most max_frames)
+    cache: KVCache | None  # None: every step decodes the whole window again (the reference)
+    hop: int  # frames the window jumps by when full (worldsim.nn.kv_cache.window_start)
 
 
 def frame_psnr(pred_BTCHW: Tensor, target_BTCHW: Tensor) -> Tensor:
@@ -235,8 +208,7 @@ class VideoTokenizer(PretrainedModel):
     def decode(self, tokens_BThw: Tensor) -> Tensor:
         """tokens int (B, T, h, w) -> frames float (B, T, C, H, W) clamped to [-1, 1]."""
         self.check_tokens(tokens_BThw)
-        codes = self.quantizer.embed(rearrange(tokens_BThw.long(), "b t h w -> b t (h w)"))
-        return self._pixels(codes).clamp(-1, 1)
+        return self._pixels(self._codes(tokens_BThw)).clamp(-1, 1)
 
     def forward(self, frames_BTCHW: Tensor) -> TokenizerOutput:
         return self.loss(frames_BTCHW)
@@ -264,11 +236,63 @@ class VideoTokenizer(PretrainedModel):
         x = x + self.enc_pos_space + self.enc_pos_time[:, : x.shape[1]]
         return self.pre_quant(self.encoder(x))
 
+    def decode_start(
+        self, tokens_BThw: Tensor, hop: int | None = None, cached: bool = True
+    ) -> tuple[Tensor, DecodeState]:
+        """`decode(tokens_BThw)` plus the state from which `decode_step` decodes later frames one
+        at a time. `hop` (default max_frames // 2): frames the window jumps by when a new frame
+        would not fit the learned positions; `cached=False` keeps no keys/values (reference)."""
+        self.check_tokens(tokens_BThw)
+        hop = self.cfg.max_frames // 2 if hop is None else hop
+        check_hop(hop, self.cfg.max_frames)
+        if not cached:
+            return self.decode(tokens_BThw), DecodeState(tokens_BThw, None, hop)
+        hidden_BTND, cache = self._decode_prefill(tokens_BThw)
+        frames = self.head(hidden_BTND).clamp(-1, 1)
+        return frames, DecodeState(tokens_BThw, cache, hop)
+
+    def decode_step(self, tokens_Bhw: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """The frame (B, C, H, W) of the next tokens (B, h, w), decoded in the window of
+        `state`: equal to `decode(window)[:, -1]`, at the cost of one frame when cached."""
+        tokens_B1hw = tokens_Bhw[:, None]
+        self.check_tokens(tokens_B1hw)
+        window_BThw = state.tokens_BThw
+        if tokens_B1hw.shape[0] != window_BThw.shape[0]:
+            raise ValueError(
+                f"tokens for {tokens_B1hw.shape[0]} clips, decoder state for {window_BThw.shape[0]}"
+            )
+        cache = state.cache
+        if window_BThw.shape[1] + 1 > self.cfg.max_frames:  # jump; rebuild the cache once
+            window_BThw = window_BThw[:, state.hop :]
+            cache = None if cache is None else self._decode_prefill(window_BThw)[1]
+        window_BThw = torch.cat([window_BThw, tokens_B1hw.to(window_BThw.dtype)], dim=1)
+        if cache is None:
+            frame = self.decode(window_BThw)[:, -1]
+        else:
+            x_B1ND = self._decoder_inputs(self._codes(tokens_B1hw), start=cache.length)
+            hidden_B1ND, cache = self.decoder.forward_cached(x_B1ND, cache, commit=True)
+            frame = self.head(hidden_B1ND)[:, 0].clamp(-1, 1)
+        return frame, DecodeState(window_BThw, cache, state.hop)
+
+    def _decode_prefill(self, tokens_BThw: Tensor) -> tuple[Tensor, KVCache]:
+        """Decoder outputs (B, T, N, D) of a window from position 0 and its filled cache."""
+        x_BTND = self._decoder_inputs(self._codes(tokens_BThw), start=0)
+        b, _, n, _ = x_BTND.shape
+        dtype = activation_dtype(x_BTND.device, self.post_quant.weight.dtype)
+        cache = self.decoder.empty_cache(b * n, self.cfg.max_frames, dtype, x_BTND.device)
+        return self.decoder.forward_cached(x_BTND, cache, commit=True)
+
+    def _codes(self, tokens_BThw: Tensor) -> Tensor:
+        return self.quantizer.embed(rearrange(tokens_BThw.long(), "b t h w -> b t (h w)"))
+
+    def _decoder_inputs(self, codes_BTNQ: Tensor, start: int) -> Tensor:
+        """Codes of frames start.. of a window -> decoder inputs (B, T, h*w, width)."""
+        x = self.post_quant(codes_BTNQ)
+        return x + self.dec_pos_space + self.dec_pos_time[:, start : start + x.shape[1]]
+
     def _pixels(self, codes_BTNQ: Tensor) -> Tensor:
         """Codes (B, T, h*w, quantizer dim) -> frames (B, T, C, H, W), not clamped."""
-        x = self.post_quant(codes_BTNQ)
-        x = x + self.dec_pos_space + self.dec_pos_time[:, : x.shape[1]]
-        return self.head(self.decoder(x))
+        return self.head(self.decoder(self._decoder_inputs(codes_BTNQ, start=0)))
 
     def check_frames(self, frames: Tensor) -> None:
         """ValueError naming what is wrong with a frames batch."""

@@ -56,8 +56,9 @@ class FSQ(Quantizer):
     values; the code index is the mixed-radix number of the digits. No codebook, so no loss and
     no collapse."""
 
-    def __init__(self, levels: list[int]) -> None:
+    def __init__(self, levels: list[int], entropy_weight: float = 0.0) -> None:
         super().__init__()
+        self.entropy_weight = entropy_weight
         self.num_codes = math.prod(levels)
         self.dim = len(levels)
         basis = [math.prod(levels[:i]) for i in range(len(levels))]
@@ -90,7 +91,25 @@ class FSQ(Quantizer):
         indices = self._digits_to_indices(digits.detach())
         usage, perplexity = code_statistics(indices, self.num_codes)
         quantized = digits / self._half_width()  # in [-1, 1]
-        return QuantizerOutput(quantized, indices, z.new_zeros(()), usage, perplexity)
+        loss = z.new_zeros(())
+        if self.entropy_weight > 0 and self.training:
+            loss = self.entropy_weight * self._entropy_gap(bounded)
+        return QuantizerOutput(quantized, indices, loss, usage, perplexity)
+
+    def _entropy_gap(self, bounded: Tensor) -> Tensor:
+        """1 - normalised entropy of the batch's soft code histogram. Plain FSQ leaves spreading
+        codes over its grid to the data: on CoinRun's few colours it uses under half of 125
+        codes and 10% of 1000. Rewarding an even batch histogram makes the encoder spend its
+        bits (MAGVIT-v2's entropy term, here on FSQ's product of per-digit soft assignments)."""
+        flat = bounded.reshape(-1, self.dim)
+        joint = flat.new_ones(flat.shape[0], 1)
+        for i, level in enumerate(self.levels.tolist()):
+            values = torch.arange(level, device=flat.device, dtype=flat.dtype) - level // 2
+            digit = torch.softmax(-((flat[:, i : i + 1] - values) ** 2) / 0.1, dim=-1)
+            joint = (digit[:, :, None] * joint[:, None, :]).flatten(1)  # (N, codes so far)
+        probs = joint.mean(0)
+        entropy = -(probs * probs.clamp_min(1e-9).log()).sum()
+        return 1 - entropy / math.log(self.num_codes)
 
     def tokenize(self, z: Tensor) -> Tensor:
         return self._digits_to_indices(self._bound(z))
@@ -165,14 +184,15 @@ class VectorQuantizer(Quantizer):
             loss = loss + F.mse_loss(chosen, z_flat.detach())
         usage, perplexity = code_statistics(indices, self.num_codes)
         if self.training:
-            self._learn(z_flat.detach(), indices)
+            error = 1 - (z_flat * chosen).sum(dim=-1)  # cosine distance to the chosen code
+            self._learn(z_flat.detach(), indices, error.detach())
         quantized = z_flat + (chosen - z_flat).detach()
         return QuantizerOutput(
             quantized.reshape(*shape, self.dim), indices.reshape(shape), loss, usage, perplexity
         )
 
     @torch.no_grad()
-    def _learn(self, z_flat: Tensor, indices: Tensor) -> None:
+    def _learn(self, z_flat: Tensor, indices: Tensor, error: Tensor) -> None:
         if self.update == "ema":
             sums = torch.zeros_like(self.ema_sum).index_add_(0, indices, z_flat)
             self.ema_sum.mul_(self.ema_decay).add_(sums, alpha=1 - self.ema_decay)
@@ -181,13 +201,16 @@ class VectorQuantizer(Quantizer):
         self.idle_steps.add_(1).masked_fill_(used, 0)
         dead = self.idle_steps >= self.dead_after
         if dead.any():
-            self._restart(dead, z_flat)
+            self._restart(dead, z_flat, error)
 
     @torch.no_grad()
-    def _restart(self, dead: Tensor, z_flat: Tensor) -> None:
-        """Move the `dead` codes onto random batch inputs; the noise keeps codes restarted from
-        the same input apart."""
-        pick = torch.randint(z_flat.shape[0], (int(dead.sum()),), device=z_flat.device)
+    def _restart(self, dead: Tensor, z_flat: Tensor, error: Tensor | None = None) -> None:
+        """Move the `dead` codes onto batch inputs drawn in proportion to their quantisation
+        error. Uniform draws land on the dominant content (flat backgrounds) next to live codes,
+        lose every argmin there and die again; the worst-served inputs are where a code helps.
+        The noise keeps codes restarted from the same input apart."""
+        weights = torch.ones_like(z_flat[:, 0]) if error is None else error.clamp_min(1e-6)
+        pick = torch.multinomial(weights, int(dead.sum()), replacement=True)
         fresh = z_flat[pick] + self.restart_noise * torch.randn_like(z_flat[pick])
         fresh = F.normalize(fresh, dim=-1)
         self.codebook.data[dead] = fresh
@@ -197,7 +220,7 @@ class VectorQuantizer(Quantizer):
 
 
 def _fsq(cfg: QuantizerConfig) -> Quantizer:
-    return FSQ(cfg.levels)
+    return FSQ(cfg.levels, entropy_weight=cfg.entropy_weight)
 
 
 def _vq(cfg: QuantizerConfig) -> Quantizer:

@@ -2,6 +2,10 @@
 
 worldsim data shard SOURCE [SOURCE ...] --out DIR [--config PRESET] [--frames 16 ...]
 worldsim data info DIR [--sheet PNG]
+worldsim data tokenize SHARDS --checkpoint TOKENIZER [--lam LAM] [--split train] [--out DIR]
+worldsim train {tokenizer,lam,dynamics} --config PRESET [key=value ...]
+worldsim eval tokenizer --checkpoint DIR --shards DATA [--split test]
+worldsim eval world --tokenizer DIR --lam DIR --dynamics DIR --shards DATA [--split test]
 """
 
 from __future__ import annotations
@@ -44,6 +48,27 @@ def _data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_tokenize(args: argparse.Namespace) -> int:
+    import torch
+
+    from tokenizer.model import VideoTokenizer
+    from tokenizer.tokenize_shards import tokenize_shards
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = VideoTokenizer.from_pretrained(args.checkpoint).to(device)
+    lam = None
+    if args.lam:
+        from simulator.lam import LatentActionModel  # the CLI may join stages; tokenizer/ may not
+
+        lam = LatentActionModel.from_pretrained(args.lam).to(device)
+    report = tokenize_shards(
+        tokenizer, args.shards, args.split, args.out, tokenizer_checkpoint=args.checkpoint,
+        lam=lam, lam_checkpoint=args.lam, batch_size=args.batch_size,
+    )  # fmt: skip
+    print(report.render())
+    return 0
+
+
 def _tokenizer_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
     from tokenizer.train_task import TokenizerTask, TokenizerTrainConfig
 
@@ -51,10 +76,24 @@ def _tokenizer_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
     return TokenizerTask(cfg), cfg.train
 
 
+def _lam_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
+    from simulator.lam_task import lam_task
+
+    return lam_task(preset, overrides)
+
+
+def _dynamics_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
+    from simulator.dynamics_task import dynamics_task
+
+    return dynamics_task(preset, overrides)
+
+
 # model -> loader of (TrainTask, TrainConfig) from configs/<model>/<preset>.yaml + overrides; the
 # imports stay inside so only the chosen stage loads.
 TRAIN_TASKS: dict[str, Callable[[str, list[str]], tuple[Any, Any]]] = {
     "tokenizer": _tokenizer_task,
+    "lam": _lam_task,
+    "dynamics": _dynamics_task,
 }
 
 
@@ -92,6 +131,45 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_world(args: argparse.Namespace) -> int:
+    from simulator.evaluate import WorldEvalConfig, eval_world_command
+    from simulator.sampling import SamplingConfig
+
+    sampling = SamplingConfig(
+        steps=args.steps, temperature=args.temperature, schedule=args.schedule, order=args.order
+    )
+    cfg = WorldEvalConfig(
+        horizon=args.horizon, delta_t=args.delta_t, sampling=sampling, seed=args.seed,
+        device=args.device,
+    )  # fmt: skip
+    return eval_world_command(
+        args.tokenizer, args.lam, args.dynamics, args.shards, split=args.split,
+        out_dir=args.out, batch_size=args.batch_size, max_batches=args.max_batches, cfg=cfg,
+    )  # fmt: skip
+
+
+def _add_eval_world(evals: Any) -> None:
+    world = evals.add_parser(
+        "world", help="next-frame and rollout PSNR, delta-t PSNR, latent action contact sheet"
+    )
+    for name in ("tokenizer", "lam", "dynamics"):
+        world.add_argument(f"--{name}", required=True, help=f"{name} save_pretrained folder")
+    world.add_argument("--shards", required=True, help="frame shard folder, glob or URLs")
+    world.add_argument("--split", default="test")
+    world.add_argument("--out", default=None, help="default: DYNAMICS/eval_SPLIT")
+    world.add_argument("--batch-size", type=int, default=8)
+    world.add_argument("--max-batches", type=int, default=None, help="default: the whole split")
+    world.add_argument("--horizon", type=int, default=15, help="frames generated after the prompt")
+    world.add_argument("--delta-t", type=int, default=4, help="t of Genie's delta-t PSNR")
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--steps", type=int, default=8, help="MaskGIT steps per frame")
+    world.add_argument("--temperature", type=float, default=1.0)
+    world.add_argument("--schedule", default="cosine")
+    world.add_argument("--order", default="random")
+    world.add_argument("--device", default="cpu")
+    world.set_defaults(func=_eval_world)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from data_pipeline.config import ShardConfig
 
@@ -117,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.set_defaults(func=_data_info)
 
+    tokenize = data_cmds.add_parser(
+        "tokenize", help="write token shards (and LAM latent actions) beside frame shards"
+    )
+    tokenize.add_argument("shards", help="frame shard folder, glob or URLs")
+    tokenize.add_argument("--checkpoint", required=True, help="tokenizer save_pretrained folder")
+    tokenize.add_argument("--lam", default=None, help="latent action model folder (optional)")
+    tokenize.add_argument("--split", default="train")
+    tokenize.add_argument(
+        "--out", default=None, help="default: SHARDS/tokens-<tokenizer sha256[:8]>[-lam-<sha>]"
+    )
+    tokenize.add_argument("--batch-size", type=int, default=8)
+    tokenize.set_defaults(func=_data_tokenize)
+
     trainer = stages.add_parser("train", help="train a model with the shared accelerate driver")
     models = trainer.add_subparsers(dest="model", required=True)
     for name in TRAIN_TASKS:
@@ -137,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--max-batches", type=int, default=None, help="default: the whole split")
     tok.add_argument("--out", default=None, help="JSON report (default CHECKPOINT/eval_SPLIT.json)")
     tok.set_defaults(func=_eval_tokenizer)
+    _add_eval_world(evals)
     return parser
 
 

@@ -169,6 +169,10 @@ def test_changed_options_on_rerun_are_refused(tmp_path: Path, units: list) -> No
         run_shard_job(make_cfg(tmp_path, seed=3))
     units[:] = fake_units(2, first_seed=50)
     run_shard_job(make_cfg(tmp_path, frames=6, split="other"))  # another split is fine
+    for path in [*tmp_path.glob("train-*"), tmp_path / "train.job.json"]:
+        path.unlink()  # what the refusal tells the user to delete
+    units[:] = fake_units(5)
+    run_shard_job(make_cfg(tmp_path, frames=6))
 
 
 def test_overlapping_level_seeds_between_splits_are_refused(tmp_path: Path, units: list) -> None:

@@ -1,4 +1,5 @@
-"""Layers shared by every worldsim model: attention backends and spatiotemporal blocks."""
+"""Layers shared by every worldsim model: attention backends, spatiotemporal blocks and the
+save/load convention."""
 
 from worldsim.nn.attention import (
     ATTENTION_BACKENDS,
@@ -8,12 +9,14 @@ from worldsim.nn.attention import (
     reference_attention,
     sdpa_attention,
 )
+from worldsim.nn.pretrained import PretrainedModel
 from worldsim.nn.st_block import STBlock, STTransformer
 
 __all__ = [
     "ATTENTION_BACKENDS",
     "KeyValue",
     "MultiHeadAttention",
+    "PretrainedModel",
     "STBlock",
     "STTransformer",
     "get_attention_backend",

@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
 from worldsim.nn.attention import KeyValue, MultiHeadAttention
+from worldsim.nn.kv_cache import KVCache
 
 
 class MLP(nn.Sequential):
@@ -57,13 +59,31 @@ class STBlock(nn.Module):
     ) -> tuple[Tensor, KeyValue]:
         """`past` holds the temporal keys/values of earlier frames, batched as (B * N, heads,
         T_past, head_dim); the new frames are then frames T_past .. T_past + T - 1."""
+        x_BTND, h = self._space(x_BTND)
+        h, kv = self.time.forward_with_kv(h, past)
+        return self._mlp(x_BTND, h), kv
+
+    def forward_into(
+        self, x_BTND: Tensor, key_buffer: Tensor, value_buffer: Tensor, length: int
+    ) -> Tensor:
+        """The new frames after `length` cached ones, whose temporal keys/values sit in
+        preallocated buffers (B * N, heads, capacity, head_dim); writes the new frames' own
+        keys/values to the slots after `length`."""
+        x_BTND, h = self._space(x_BTND)
+        return self._mlp(x_BTND, self.time.forward_into(h, key_buffer, value_buffer, length))
+
+    def _space(self, x_BTND: Tensor) -> tuple[Tensor, Tensor]:
+        """Spatial attention with its residual, and the normed input of the temporal attention
+        laid out as (B * N, T, D)."""
         b = x_BTND.shape[0]
         h = rearrange(self.norm_space(x_BTND), "b t n d -> (b t) n d")
         x_BTND = x_BTND + rearrange(self.space(h), "(b t) n d -> b t n d", b=b)
-        h = rearrange(self.norm_time(x_BTND), "b t n d -> (b n) t d")
-        h, kv = self.time.forward_with_kv(h, past)
-        x_BTND = x_BTND + rearrange(h, "(b n) t d -> b t n d", b=b)
-        return x_BTND + self.mlp(self.norm_mlp(x_BTND)), kv
+        return x_BTND, rearrange(self.norm_time(x_BTND), "b t n d -> (b n) t d")
+
+    def _mlp(self, x_BTND: Tensor, time_out: Tensor) -> Tensor:
+        """The temporal attention's residual (output (B * N, T, D)), then the MLP."""
+        x_BTND = x_BTND + rearrange(time_out, "(b n) t d -> b t n d", b=x_BTND.shape[0])
+        return x_BTND + self.mlp(self.norm_mlp(x_BTND))
 
 
 class STTransformer(nn.Module):
@@ -113,3 +133,26 @@ class STTransformer(nn.Module):
             )
             caches.append(kv)
         return self.norm(x_BTND), caches
+
+    def empty_cache(
+        self, batch_tokens: int, capacity: int, dtype: torch.dtype, device: torch.device | str
+    ) -> KVCache:
+        """A temporal KV cache for `capacity` frames of `batch_tokens` = B * N token positions."""
+        attn = cast(STBlock, self.blocks[0]).time
+        heads = attn.num_heads
+        shape = (batch_tokens, heads, capacity, attn.qkv.in_features // heads)
+        return KVCache.empty(len(self.blocks), shape, dtype, device)
+
+    def forward_cached(
+        self, x_BTND: Tensor, cache: KVCache, *, commit: bool
+    ) -> tuple[Tensor, KVCache]:
+        """Frames cache.length .. cache.length + T - 1 given the cached earlier ones. With
+        `commit` the returned cache also holds the new frames; without, it is `cache` again and
+        the new frames' keys/values were scratch (a MaskGIT iteration on a frame not yet final)."""
+        if cache.layers != len(self.blocks):
+            raise ValueError(f"the cache has {cache.layers} layers for {len(self.blocks)} blocks")
+        cache = cache.writable()
+        for i, block in enumerate(self.blocks):
+            x_BTND = cast(STBlock, block).forward_into(x_BTND, *cache.layer(i), cache.length)
+        out = self.norm(x_BTND)
+        return out, cache.advanced(x_BTND.shape[1]) if commit else cache

@@ -1,0 +1,192 @@
+"""The pictures of `worldsim eval world`: PSNR against horizon, and the latent-action sheet.
+
+Drawn with PIL (matplotlib is not a dependency): a line chart is a few dozen lines of PIL, and
+the sheet reuses the training monitor's grid writer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from simulator.dynamics import ActionInputs, DynamicsModel
+from simulator.eval_actions import LAM, RANDOM, TRUE, Conditioning, generator_for
+from simulator.lam import LatentActionModel
+from simulator.sampling import SamplingConfig, rollout_tokens
+from tokenizer.model import VideoTokenizer
+from worldsim.train.monitor import to_uint8_clips, write_grid_png
+
+if TYPE_CHECKING:
+    from simulator.evaluate import WorldReport
+
+COLORS = {  # curve name -> RGB; unknown names cycle through EXTRA_COLORS
+    "tokenizer": (150, 150, 150),
+    "copy_last_frame": (20, 20, 20),
+    TRUE: (31, 119, 180),
+    LAM: (214, 39, 40),
+    RANDOM: (255, 127, 14),
+}
+LABELS = {"tokenizer": "tokenizer (ceiling)", TRUE: "true actions", LAM: "LAM actions"}
+EXTRA_COLORS = [(44, 160, 44), (148, 103, 189), (140, 86, 75), (227, 119, 194)]
+SIZE, LEFT, RIGHT, TOP, BOTTOM = (720, 420), 56, 170, 48, 44  # pixels: image and plot margins
+
+
+def _y_ticks(lo: float, hi: float) -> list[float]:
+    """Round-numbered ticks (step 1, 2, 5 or 10 dB) covering [lo, hi], about 4-8 of them."""
+    step = next(s for s in (1, 2, 5, 10, 20) if (hi - lo) / s <= 8)
+    return [step * k for k in range(math.floor(lo / step), math.ceil(hi / step) + 1)]
+
+
+def write_psnr_plot(report: WorldReport, path: str | Path) -> Path:
+    """Line chart of every curve of the report, PSNR (dB) against generated frame 1..H."""
+    values = [v for c in report.curves.values() for v in c if math.isfinite(v)]
+    if not values:
+        raise ValueError("the report has no finite PSNR values to plot")
+    ticks = _y_ticks(min(values) - 0.5, max(values) + 0.5)
+    lo, hi = ticks[0], ticks[-1]
+    width, height = SIZE
+    x0, x1, y0, y1 = LEFT, width - RIGHT, height - BOTTOM, TOP  # plot box, y grows downwards
+    image = Image.new("RGB", SIZE, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=13)
+    horizon = report.horizon
+
+    def xy(k: int, v: float) -> tuple[float, float]:
+        fx = (k - 1) / max(1, horizon - 1)
+        return x0 + fx * (x1 - x0), y0 - (v - lo) / (hi - lo) * (y0 - y1)
+
+    for tick in ticks:
+        y = xy(1, tick)[1]
+        draw.line([(x0, y), (x1, y)], fill=(225, 225, 225))
+        draw.text((x0 - 6, y), f"{tick:g}", fill="black", font=font, anchor="rm")
+    for k in range(1, horizon + 1):
+        x = xy(k, lo)[0]
+        draw.line([(x, y0), (x, y0 + 4)], fill="black")
+        draw.text((x, y0 + 6), str(k), fill="black", font=font, anchor="ma")
+    draw.rectangle([x0, y1, x1, y0], outline="black")
+    draw.text((x0, 6), _title(report), fill="black", font=font)
+    draw.text(((x0 + x1) / 2, height - 14), "generated frame (prompt = frame 0)", fill="black",
+              font=font, anchor="ma")  # fmt: skip
+    draw.text((8, y1 - 20), "PSNR (dB)", fill="black", font=font)
+    for i, (name, curve) in enumerate(report.curves.items()):
+        color = COLORS.get(name, EXTRA_COLORS[i % len(EXTRA_COLORS)])
+        points = [xy(k, v) for k, v in enumerate(curve, start=1) if math.isfinite(v)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2)
+        for px, py in points:
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=color)
+        ly = y1 + 8 + 18 * i
+        draw.line([(x1 + 12, ly), (x1 + 32, ly)], fill=color, width=3)
+        label = LABELS.get(name, name.replace("_", " "))
+        draw.text((x1 + 38, ly), label, fill="black", font=font, anchor="lm")
+    return _save_png(image, path)
+
+
+def _title(report: WorldReport) -> str:
+    title = f"PSNR vs horizon: {report.clips} clips"
+    if report.delta_t_psnr_db is not None:
+        title += f", delta-t PSNR (t={report.delta_t}) {report.delta_t_psnr_db:+.2f} dB"
+    return title
+
+
+def _save_png(image: Image.Image, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+@torch.no_grad()
+def write_action_sheet(
+    tokenizer: VideoTokenizer,
+    dynamics: DynamicsModel,
+    lam: LatentActionModel,
+    frames_BTCHW: Tensor,
+    path: str | Path,
+    *,
+    true_actions: Tensor | None = None,
+    steps: int = 4,
+    sampling: SamplingConfig | None = None,
+    seed: int = 0,
+    usage: list[int] | None = None,
+) -> Path:
+    """Contact sheet of what each action does: one row per start frame (frame 0 of each clip),
+    then one column per action showing the frame after `steps` repeats of that action from the
+    start frame alone. A last row of bars shows each action's share of `usage` (default: the
+    actions of these clips, LAM-inferred or true). A model on latent actions varies those; a
+    model on true discrete actions only varies them. Other action inputs the model takes come
+    from `true_actions` (B, T) or (B, T, D), the clips' own.
+    """
+    cond = Conditioning.of(dynamics)
+    kind = "latent" if cond.latent is not None else "discrete"
+    last = repeated_action_frames(
+        tokenizer, dynamics, frames_BTCHW[:, :1], true_actions, steps, sampling, seed
+    )  # (R, A, C, H, W)
+    clips = list(to_uint8_clips(torch.cat([frames_BTCHW[:, :1].to(last.device), last], dim=1)))
+    if usage is None:
+        used = lam.encode(frames_BTCHW) if kind == "latent" else true_actions
+        usage = None if used is None else torch.bincount(used.flatten().cpu()).tolist()
+    if usage is not None:
+        count = last.shape[1]
+        if len(usage) > count:
+            raise ValueError(f"usage has {len(usage)} entries for {count} {kind} actions")
+        clips.append(_usage_row(usage + [0] * (count - len(usage)), clips[0].shape[1:3]))
+    return write_grid_png(clips, path)
+
+
+def repeated_action_frames(
+    tokenizer: VideoTokenizer,
+    dynamics: DynamicsModel,
+    start_BTCHW: Tensor,
+    true_actions: Tensor | None,
+    steps: int,
+    sampling: SamplingConfig | None,
+    seed: int,
+) -> Tensor:
+    """Frames (R, A, C, H, W): from each start frame (R, 1, C, H, W), the frame after `steps`
+    repeats of each of the A actions the sheet varies (latent if taken, else true discrete)."""
+    cond = Conditioning.of(dynamics)
+    kind = "latent" if cond.latent is not None else "discrete"
+    count = cond.latent if cond.latent is not None else cond.discrete
+    if count is None:
+        raise ValueError("the dynamics takes neither latent nor discrete actions: nothing to vary")
+    needs_true = cond.continuous is not None or (kind == "latent" and cond.discrete is not None)
+    if needs_true and true_actions is None:
+        raise ValueError(f"the dynamics takes {cond.names} actions: pass the clips' true_actions")
+    rows = start_BTCHW.shape[0]
+    prompts = tokenizer.encode(start_BTCHW).repeat_interleave(count, dim=0)  # (R*A, 1, h, w)
+    ids = torch.arange(count, device=prompts.device).repeat(rows)[:, None].expand(-1, steps)
+    fields: dict[str, Tensor | None] = {"latent": None, "discrete": None, "continuous": None}
+    if true_actions is not None:
+        true = true_actions[:, :steps].to(prompts.device).repeat_interleave(count, dim=0)
+        fields.update(discrete=true if cond.discrete is not None else None)
+        fields.update(continuous=true if cond.continuous is not None else None)
+    fields[kind] = ids.contiguous()
+    gen = generator_for(seed, 0, prompts.device)
+    rolled = rollout_tokens(
+        dynamics, prompts, ActionInputs(**fields), steps, sampling or SamplingConfig(), gen
+    )
+    return rearrange(tokenizer.decode(rolled)[:, -1], "(r a) c h w -> r a c h w", a=count)
+
+
+def _usage_row(usage: list[int], hw: tuple[int, ...]) -> np.ndarray:
+    """(1 + A, H, W, 3) uint8: a blank cell under the start frames, then one bar per action
+    whose height is its share of all uses relative to the most used action."""
+    h, w = hw
+    cells = np.full((1 + len(usage), h, w, 3), 240, dtype=np.uint8)
+    cells[0] = 255
+    top = max(1, max(usage))
+    for a, n in enumerate(usage, start=1):
+        bar = round(h * n / top)
+        cells[a, h - bar :, w // 4 : w - w // 4] = (214, 39, 40)
+    return cells

@@ -1,0 +1,217 @@
+"""MaskGIT sampling of next frames from the dynamics model (the uncached reference).
+
+A new frame starts fully masked. Each of `steps` steps predicts every still-masked token at once,
+samples a code for each, and keeps a schedule-determined number of them; the rest are masked again
+for the next step. `rollout_tokens` repeats this frame after frame, re-running the whole context
+each step (no KV cache): it is the ground truth the cached engine (simulator/engine.py) reproduces
+token for token, running the same `unmask_frame` loop on cached logits.
+
+Unmasking order: "random" (the default) keeps uniformly chosen positions; "confidence" keeps the
+sampled tokens the model was surest of, as in MaskGIT. On video, confidence order tends to copy the
+previous frame (static background tokens are the most confident), which is why 1X's GENIE
+defaults to random order (recipes.md).
+
+References: Chang et al. 2022, "MaskGIT: Masked Generative Image Transformer" (schedules,
+confidence order); Bruce et al. 2024, "Genie" (MaskGIT sampling of frames, temperature 1 on
+CoinRun).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from simulator.dynamics import ActionInputs, DynamicsModel
+from worldsim.nn.kv_cache import check_hop, window_start
+
+# Share of a frame's tokens still masked after a fraction p in [0, 1] of the steps.
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "cosine": lambda p: math.cos(math.pi / 2 * p),  # MaskGIT's best: few tokens first
+    "linear": lambda p: 1.0 - p,
+}
+ORDERS = ("random", "confidence")
+
+
+@dataclass
+class SamplingConfig:
+    steps: int = 8  # MaskGIT steps per frame; Genie uses 25, fewer are faster on CPU
+    temperature: float = 1.0  # softmax temperature; 0 takes the most likely code (greedy)
+    schedule: str = "cosine"  # a key of SCHEDULES
+    order: str = "random"  # "random" or "confidence" (see the module docstring)
+
+    def validate(self) -> None:
+        problems = []
+        if self.steps < 1:
+            problems.append(f"steps must be >= 1, got {self.steps}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            problems.append(f"temperature must be finite and >= 0, got {self.temperature}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
+        if self.order not in ORDERS:
+            problems.append(f"order must be one of {list(ORDERS)}, got {self.order!r}")
+        if problems:
+            raise ValueError("bad sampling config: " + "; ".join(problems))
+
+
+def masked_counts(steps: int, num_tokens: int, schedule: str) -> list[int]:
+    """Tokens still masked after each of `steps` steps: the schedule's share, but at least one
+    fewer per step while any are left, and none after the last step."""
+    counts, left = [], num_tokens
+    for step in range(1, steps + 1):
+        target = 0 if step == steps else math.floor(num_tokens * SCHEDULES[schedule](step / steps))
+        left = max(min(target, left - 1), 0)
+        counts.append(left)
+    return counts
+
+
+# (frame_BN, masked_BN) -> logits (B, N, num_codes) float of the new frame's tokens; masked
+# positions of frame_BN hold placeholders the model must not see.
+LogitsFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@torch.no_grad()
+def sample_next_frame(
+    model: DynamicsModel,
+    context_BThw: Tensor,
+    actions: ActionInputs,
+    cfg: SamplingConfig,
+    generator: torch.Generator,
+) -> Tensor:
+    """Tokens (B, h, w) of the frame after `context_BThw` (T frames, T + 1 <= max_frames).
+
+    `actions` cover the context: A == T, the last one leads to the new frame. Deterministic for a
+    given generator state; the generator must live on the model's device."""
+    cfg.validate()
+    b, t = context_BThw.shape[:2]
+    if t + 1 > model.cfg.max_frames:
+        raise ValueError(
+            f"context of {t} frames + the new one exceeds max_frames={model.cfg.max_frames}; "
+            "rollout_tokens slides a window"
+        )
+    _check_action_count(actions, t, "one per context frame, the last leads to the new frame")
+
+    def logits(frame_BN: Tensor, masked_BN: Tensor) -> Tensor:
+        return _new_frame_logits(model, context_BThw, frame_BN, masked_BN, actions)
+
+    frame_BN = unmask_frame(logits, b, model.grid**2, context_BThw.device, cfg, generator)
+    return rearrange(frame_BN, "b (h w) -> b h w", h=model.grid)
+
+
+def unmask_frame(
+    logits_fn: LogitsFn,
+    b: int,
+    n: int,
+    device: torch.device,
+    cfg: SamplingConfig,
+    generator: torch.Generator,
+) -> Tensor:
+    """MaskGIT's loop over the n tokens (B, N) of one new frame: one `logits_fn` call per step.
+    The KV-cached engine runs this same loop (same draws from `generator`) with cached logits."""
+    frame_BN = torch.zeros(b, n, dtype=torch.long, device=device)
+    masked_BN = torch.ones(b, n, dtype=torch.bool, device=device)
+    left = n
+    for target in masked_counts(cfg.steps, n, cfg.schedule):
+        keep, left = left - target, target  # the same count for every clip
+        if keep == 0:
+            continue
+        logits_BNV = logits_fn(frame_BN, masked_BN)
+        if cfg.order == "confidence":
+            sampled_BN, prob_BN = _draw(logits_BNV, cfg.temperature, generator)
+            chosen_BK = prob_BN.masked_fill(~masked_BN, -math.inf).topk(keep, dim=1).indices
+            sampled_BK = sampled_BN.gather(1, chosen_BK)
+        else:  # pick the positions first, then draw codes only for them
+            score_BN = torch.rand(b, n, device=device, generator=generator)
+            chosen_BK = score_BN.masked_fill(~masked_BN, -math.inf).topk(keep, dim=1).indices
+            index_BKV = chosen_BK[..., None].expand(-1, -1, logits_BNV.shape[-1])
+            sampled_BK = _draw(logits_BNV.gather(1, index_BKV), cfg.temperature, generator)[0]
+        frame_BN.scatter_(1, chosen_BK, sampled_BK)  # decided tokens stay decided
+        masked_BN.scatter_(1, chosen_BK, False)
+    return frame_BN
+
+
+@torch.no_grad()
+def rollout_tokens(
+    model: DynamicsModel,
+    prompt_BThw: Tensor,
+    actions: ActionInputs,
+    num_frames: int,
+    cfg: SamplingConfig,
+    generator: torch.Generator,
+    hop: int | None = None,
+) -> Tensor:
+    """The prompt followed by `num_frames` sampled frames: (B, T_prompt + num_frames, h, w).
+
+    `actions` hold A == T_prompt + num_frames - 1 actions (action i follows frame i). Frame k is
+    sampled in the window of frames [start, k], re-based so that its first frame sits at temporal
+    position 0 as a training clip's does; when frame k would not fit max_frames, start jumps by
+    `hop` frames (default max_frames // 2; `worldsim.nn.kv_cache.window_start`). The KV-cached
+    engine follows the same rule, so both produce the same tokens."""
+    if num_frames < 0:
+        raise ValueError(f"num_frames must be >= 0, got {num_frames}")
+    t_prompt = prompt_BThw.shape[1] if prompt_BThw.ndim == 4 else 0
+    if t_prompt < 1:
+        raise ValueError(f"the prompt must be (B, T >= 1, h, w), got {tuple(prompt_BThw.shape)}")
+    _check_action_count(actions, t_prompt + num_frames - 1, "prompt frames + num_frames - 1")
+    max_frames = model.cfg.max_frames
+    hop = max_frames // 2 if hop is None else hop
+    check_hop(hop, max_frames)
+    frames = list(prompt_BThw.unbind(dim=1))
+    for k in range(t_prompt, t_prompt + num_frames):
+        start = window_start(k, max_frames, hop)
+        context_BThw = torch.stack(frames[start:k], dim=1)
+        frames.append(
+            sample_next_frame(model, context_BThw, actions.window(start, k), cfg, generator)
+        )
+    return torch.stack(frames, dim=1)
+
+
+def _new_frame_logits(
+    model: DynamicsModel,
+    context_BThw: Tensor,
+    frame_BN: Tensor,
+    masked_BN: Tensor,
+    actions: ActionInputs,
+) -> Tensor:
+    """Logits (B, h*w, num_codes) of the new frame; only its hidden states reach the head."""
+    g = model.grid
+    new_B1hw = rearrange(frame_BN, "b (h w) -> b 1 h w", h=g)
+    tokens_BThw = torch.cat([context_BThw, new_B1hw], dim=1)
+    mask_BThw = torch.zeros_like(tokens_BThw, dtype=torch.bool)
+    mask_BThw[:, -1] = rearrange(masked_BN, "b (h w) -> b h w", h=g)
+    hidden_BTND = model.transform(model.embed(tokens_BThw, mask_BThw, actions))
+    return model.head(hidden_BTND[:, -1]).float()
+
+
+def _draw(
+    logits_BKV: Tensor, temperature: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """A code per position and its probability under the untempered softmax. Codes are drawn
+    by inverting the tempered CDF with one uniform number per position: the same distribution
+    as torch.multinomial at a fraction of the random numbers, which dominated a CPU step."""
+    probs_BKV = logits_BKV.softmax(dim=-1)
+    if temperature == 0:
+        sampled_BK = logits_BKV.argmax(dim=-1)
+    else:
+        cdf_BKV = (logits_BKV / temperature).softmax(dim=-1).cumsum(dim=-1)
+        u_BK1 = torch.rand(
+            (*cdf_BKV.shape[:-1], 1), device=cdf_BKV.device, generator=generator
+        ) * cdf_BKV[..., -1:]
+        # right=True: the first code whose CDF exceeds u, so codes of zero mass are never drawn.
+        sampled_BK = torch.searchsorted(cdf_BKV, u_BK1, right=True)[..., 0]
+        sampled_BK = sampled_BK.clamp_max(logits_BKV.shape[-1] - 1)
+    return sampled_BK, probs_BKV.gather(-1, sampled_BK[..., None])[..., 0]
+
+
+def _check_action_count(actions: ActionInputs, expected: int, why: str) -> None:
+    """Every action source given must hold exactly `expected` actions (off-by-one guard)."""
+    if not isinstance(actions, ActionInputs):
+        raise ValueError(f"actions must be an ActionInputs, got {type(actions).__name__}")
+    for name, a in zip(("latent", "discrete", "continuous"), actions.as_tuple(), strict=True):
+        if a is not None and (a.ndim < 2 or a.shape[1] != expected):
+            got = a.shape[1] if a.ndim >= 2 else f"shape {tuple(a.shape)}"
+            raise ValueError(f"{name} actions: expected {expected} ({why}), got {got}")

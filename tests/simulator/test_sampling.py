@@ -1,0 +1,141 @@
+"""MaskGIT sampling on the tiny dynamics model: schedules, determinism, every token filled,
+greedy decoding, action alignment in rollouts, the sliding window, and bad options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from simulator.dynamics import ActionInputs, DynamicsModel
+from simulator.dynamics_config import dynamics_preset
+from simulator.sampling import (
+    SCHEDULES,
+    SamplingConfig,
+    masked_counts,
+    rollout_tokens,
+    sample_next_frame,
+)
+
+B, G, CODES, LATENT = 2, 4, 125, 4
+N = G * G
+
+
+@pytest.fixture(scope="module")
+def model() -> DynamicsModel:
+    torch.manual_seed(0)
+    model = DynamicsModel(dynamics_preset("tiny", action_sources=["latent"]))
+    with torch.no_grad():  # code 0 is never sampled, so a 0 in a sample is a token left unfilled
+        model.to_logits.bias[0] = -1e4
+    return model.eval()
+
+
+def context(t: int, seed: int = 0) -> tuple[torch.Tensor, ActionInputs]:
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, CODES, (B, t, G, G), generator=gen)
+    return tokens, ActionInputs(latent=torch.randint(0, LATENT, (B, t), generator=gen))
+
+
+def sample(model: DynamicsModel, cfg: SamplingConfig, seed: int = 0, t: int = 3) -> torch.Tensor:
+    tokens, actions = context(t)
+    return sample_next_frame(model, tokens, actions, cfg, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+@pytest.mark.parametrize("steps", [1, 2, 8, 25, 300])
+def test_schedule_falls_every_step_and_ends_at_zero(schedule: str, steps: int) -> None:
+    counts = masked_counts(steps, 256, schedule)
+    assert len(counts) == steps and counts[-1] == 0 and counts[0] < 256
+    assert all(a > b or a == 0 for a, b in zip([256, *counts], counts, strict=False))
+
+
+def test_cosine_unmasks_few_tokens_first() -> None:
+    cosine, linear = masked_counts(8, 256, "cosine"), masked_counts(8, 256, "linear")
+    assert 256 - cosine[0] < 256 - linear[0]
+
+
+@pytest.mark.parametrize("order", ["random", "confidence"])
+@pytest.mark.parametrize("steps", [*range(1, N + 1), N + 5])
+def test_every_token_is_filled(model: DynamicsModel, order: str, steps: int) -> None:
+    frame = sample(model, SamplingConfig(steps=steps, order=order))
+    assert frame.shape == (B, G, G) and frame.dtype == torch.long
+    assert frame.min() >= 1 and frame.max() < CODES
+
+
+def test_one_forward_pass_per_step(model: DynamicsModel, monkeypatch) -> None:
+    calls = []
+    transform = model.transform
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return transform(x)
+
+    monkeypatch.setattr(model, "transform", counted)
+    sample(model, SamplingConfig(steps=5))
+    assert len(calls) == 5
+    calls.clear()
+    sample(model, SamplingConfig(steps=N + 5))  # one token per step at most N steps
+    assert len(calls) == N
+
+
+@pytest.mark.parametrize("order", ["random", "confidence"])
+def test_deterministic_for_a_seed(model: DynamicsModel, order: str) -> None:
+    cfg = SamplingConfig(steps=4, order=order, temperature=2.0)
+    assert torch.equal(sample(model, cfg, seed=1), sample(model, cfg, seed=1))
+    assert not torch.equal(sample(model, cfg, seed=1), sample(model, cfg, seed=2))
+
+
+def test_greedy_single_step_is_the_argmax(model: DynamicsModel) -> None:
+    tokens, actions = context(3)
+    new = torch.cat([tokens, torch.zeros_like(tokens[:, :1])], dim=1)
+    mask = torch.zeros_like(new, dtype=torch.bool)
+    mask[:, -1] = True
+    expected = model.logits(new, mask, actions).argmax(-1)[:, -1]
+    assert torch.equal(sample(model, SamplingConfig(steps=1, temperature=0.0), seed=5), expected)
+
+
+def test_rollout_keeps_the_prompt_and_follows_the_actions(model: DynamicsModel) -> None:
+    tokens, actions = context(9)  # 2 prompt frames + 8 new ones need 9 actions
+    prompt, cfg = tokens[:, :2], SamplingConfig(steps=3)
+    rolled = rollout_tokens(model, prompt, actions, 8, cfg, torch.Generator().manual_seed(0))
+    assert rolled.shape == (B, 10, G, G) and torch.equal(rolled[:, :2], prompt)
+    # The first new frame is what sample_next_frame makes from the prompt with the same seed.
+    first = sample_next_frame(
+        model, prompt, actions.window(0, 2), cfg, torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(rolled[:, 2], first)
+    # The last action only leads to the last frame: every earlier frame stays the same.
+    assert actions.latent is not None
+    changed = actions.latent.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % LATENT
+    other = rollout_tokens(
+        model, prompt, ActionInputs(latent=changed), 8, cfg, torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(other[:, :-1], rolled[:, :-1])
+
+
+def test_rollout_past_max_frames_slides_a_window(model: DynamicsModel) -> None:
+    tokens, actions = context(12)  # max_frames is 8: frames 8.. see only the last 7 frames
+    rolled = rollout_tokens(
+        model, tokens[:, :1], actions, 12, SamplingConfig(steps=2), torch.Generator()
+    )
+    assert rolled.shape == (B, 13, G, G) and rolled.min() >= 1
+
+
+def test_bad_options_and_inputs_are_named(model: DynamicsModel) -> None:
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        SamplingConfig(schedule="exp").validate()
+    with pytest.raises(ValueError, match="order must be one of"):
+        SamplingConfig(order="raster").validate()
+    with pytest.raises(ValueError, match="steps must be >= 1.*temperature"):
+        SamplingConfig(steps=0, temperature=-1).validate()
+    tokens, actions = context(3)
+    gen = torch.Generator()
+    with pytest.raises(ValueError, match="latent actions: expected 3"):
+        sample_next_frame(model, tokens, actions.window(0, 2), SamplingConfig(), gen)
+    long_tokens, long_actions = context(8)
+    with pytest.raises(ValueError, match="max_frames=8"):
+        sample_next_frame(model, long_tokens, long_actions, SamplingConfig(), gen)
+    with pytest.raises(ValueError, match="latent actions: expected 6"):
+        rollout_tokens(model, tokens[:, :2], actions, 5, SamplingConfig(), gen)
+    with pytest.raises(ValueError, match="'latent' actions"):
+        sample_next_frame(model, tokens, ActionInputs(), SamplingConfig(), gen)
