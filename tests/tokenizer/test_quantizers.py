@@ -103,6 +103,37 @@ def test_vq_dead_code_restart_revives_unused_codes() -> None:
     assert after.perplexity.item() > 10 * first.perplexity.item()
 
 
+def test_vq_restarts_land_on_the_worst_served_inputs() -> None:
+    vq = _vq().train()
+    vq.initialised.fill_(True)
+    served = F.normalize(torch.ones(8), dim=0)
+    with torch.no_grad():
+        vq.codebook.copy_(served.expand(32, 8))
+        vq.ema_sum.copy_(vq.codebook)
+    far = F.normalize(torch.tensor([1.0, -1, 1, -1, 1, -1, 1, -1]), dim=0)
+    z = torch.cat([served.expand(255, 8), far[None]])  # one input far from every code
+    vq(z)
+    vq(z)  # the idle codes restart, drawn by quantisation error: onto `far`, not the 255
+    sims = F.normalize(vq.codebook, dim=-1) @ far
+    assert (sims > 0.99).sum() >= 29  # uniform draws would put ~0 of them there
+
+
+def test_fsq_entropy_term_rewards_an_even_code_histogram() -> None:
+    torch.manual_seed(0)
+    fsq = FSQ([5, 5, 5], entropy_weight=1.0).train()
+    spread = fsq.embed(torch.arange(125).repeat(8)) * 2  # every code, in digit units
+    collapsed = torch.zeros(1000, 3)
+    assert fsq._entropy_gap(spread).item() < 0.05
+    assert fsq._entropy_gap(collapsed).item() > 0.9
+    z = (0.1 * torch.randn(4096, 3)).requires_grad_()
+    out = fsq(z)
+    assert out.loss.item() > 0.3  # nearly collapsed latents pay the term
+    out.loss.backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert FSQ([5, 5, 5]).train()(z).loss.item() == 0.0  # off by default
+    assert fsq.eval()(z).loss.item() == 0.0  # a training term only
+
+
 @pytest.mark.parametrize("update", ["ema", "grad"])
 def test_vq_losses_and_updates(update: str) -> None:
     vq = _vq(update=update).train()
