@@ -15,7 +15,7 @@ from data_pipeline.loader import LoaderConfig, ShardLoader
 from data_pipeline.shard_job import run_shard_job
 from tokenizer.evaluate import bicubic_side
 from tokenizer.model import VideoTokenizer
-from tokenizer.train_task import TokenizerTrainConfig
+from tokenizer.train_task import AugmentConfig, TokenizerTrainConfig
 from worldsim.cli import main
 
 
@@ -82,3 +82,20 @@ def test_model_overrides_reach_the_model() -> None:
     assert model_cfg.width == 48 and model_cfg.quantizer.levels == [4, 4]
     with pytest.raises(ValueError, match="num_heads"):
         TokenizerTrainConfig(preset="tiny", model={"width": 33}).model_config()
+
+
+def test_augment_greys_and_mirrors_whole_clips() -> None:
+    torch.manual_seed(0)
+    frames = torch.rand(64, 2, 3, 4, 4) * 2 - 1
+    grey = AugmentConfig(grayscale_prob=1.0).apply(frames)
+    assert torch.allclose(grey[:, :, 0], grey[:, :, 2])
+    assert torch.allclose(
+        grey[:, :, 0], (frames * torch.tensor([0.299, 0.587, 0.114]).view(1, 1, 3, 1, 1)).sum(2)
+    )
+    assert torch.equal(AugmentConfig(hflip_prob=1.0).apply(frames), frames.flip(-1))
+    some = AugmentConfig(grayscale_prob=0.5).apply(frames)
+    greyed = torch.isclose(some[:, :, 0], some[:, :, 1]).flatten(1).all(1)
+    assert 10 < int(greyed.sum()) < 54  # per clip, about half
+    assert torch.equal(AugmentConfig().apply(frames), frames)
+    with pytest.raises(ValueError, match="augment.hflip_prob must be in"):
+        AugmentConfig(hflip_prob=1.5).validate()
