@@ -198,9 +198,10 @@ def _draw(
         sampled_BK = logits_BKV.argmax(dim=-1)
     else:
         cdf_BKV = (logits_BKV / temperature).softmax(dim=-1).cumsum(dim=-1)
-        u_BK1 = torch.rand(
-            (*cdf_BKV.shape[:-1], 1), device=cdf_BKV.device, generator=generator
-        ) * cdf_BKV[..., -1:]
+        u_BK1 = (
+            torch.rand((*cdf_BKV.shape[:-1], 1), device=cdf_BKV.device, generator=generator)
+            * cdf_BKV[..., -1:]
+        )
         # right=True: the first code whose CDF exceeds u, so codes of zero mass are never drawn.
         sampled_BK = torch.searchsorted(cdf_BKV, u_BK1, right=True)[..., 0]
         sampled_BK = sampled_BK.clamp_max(logits_BKV.shape[-1] - 1)

@@ -4,6 +4,8 @@ Genie's ST-ViViT layout: a per-frame stem maps each frame to an h x w token grid
 (spatial attention, causal temporal attention, MLP) mix the grid, a quantizer discretises each
 token, and a decoder of the same kind with a per-frame head maps codes back to pixels. Every piece
 is per-frame or causal in time, so tokens and reconstructions of frame t depend on frames <= t.
+`decode_start` / `decode_step` decode a stream one frame at a time from the decoder's temporal
+KV cache, in a window that jumps like the dynamics model's (worldsim.nn.kv_cache.window_start).
 
 On CPU the default stem is convolutional (stride-2 convs to the grid, pixel-shuffle head), which
 carries pixels far more cheaply than patch attention (recipes.md); "patch" is Genie's linear
@@ -41,7 +43,7 @@ class TokenizerOutput:
     recon: Tensor  # (B, T, C, H, W) reconstruction, detached, not clamped
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors
 class DecodeState:
     """The causal decoder's window for one-frame-at-a-time decoding (`decode_start`,
     `decode_step`): the tokens of its frames and, when cached, their temporal keys/values."""

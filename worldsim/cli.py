@@ -6,6 +6,7 @@ worldsim data tokenize SHARDS --checkpoint TOKENIZER [--lam LAM] [--split train]
 worldsim train {tokenizer,lam,dynamics} --config PRESET [key=value ...]
 worldsim eval tokenizer --checkpoint DIR --shards DATA [--split test]
 worldsim eval world --tokenizer DIR --lam DIR --dynamics DIR --shards DATA [--split test]
+worldsim rollout --checkpoint WORLD --prompt IMAGE_OR_CLIP --actions "0,0,3,3" --out rollout.mp4
 """
 
 from __future__ import annotations
@@ -148,6 +149,29 @@ def _eval_world(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+def _rollout(args: argparse.Namespace) -> int:
+    from simulator.rollout import rollout_command
+
+    return rollout_command(
+        args.checkpoint, args.prompt, args.actions, args.out, steps=args.steps,
+        temperature=args.temperature, seed=args.seed, fps=args.fps, device=args.device,
+    )  # fmt: skip
+
+
+def _add_rollout(stages: Any) -> None:
+    roll = stages.add_parser("rollout", help="play an action sequence in a world; write mp4/GIF")
+    roll.add_argument("--checkpoint", required=True, help="world folder (save_world)")
+    roll.add_argument("--prompt", required=True, help="image, video, or SHARD.tar[#KEY]")
+    roll.add_argument("--actions", required=True, help='ids or names, e.g. "0,0,3,3"')
+    roll.add_argument("--out", required=True, help="rollout.mp4 or rollout.gif")
+    roll.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: world.json)")
+    roll.add_argument("--temperature", type=float, default=None)
+    roll.add_argument("--seed", type=int, default=0)
+    roll.add_argument("--fps", type=float, default=8.0)
+    roll.add_argument("--device", default="cpu")
+    roll.set_defaults(func=_rollout)
+
+
 def _add_eval_world(evals: Any) -> None:
     world = evals.add_parser(
         "world", help="next-frame and rollout PSNR, delta-t PSNR, latent action contact sheet"
@@ -229,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--out", default=None, help="JSON report (default CHECKPOINT/eval_SPLIT.json)")
     tok.set_defaults(func=_eval_tokenizer)
     _add_eval_world(evals)
+    _add_rollout(stages)
     return parser
 
 

@@ -2,11 +2,14 @@
 
 Every worldsim transformer attends through `MultiHeadAttention`, so one config string switches a
 whole model between PyTorch SDPA (FlashAttention / memory-efficient kernels on CUDA, a fused kernel
-on CPU), xformers, and the plain-math reference the tests check the fast kernels against.
+on CPU), xformers, flash-attn, and the plain-math reference the tests check the fast kernels
+against. "auto" times the installed fused kernels once per device and dtype and keeps the fastest;
+`check_backends_agree` compares every available kernel with the fp32 reference.
 
-Keys and values can be extended with cached ones (`past`), which is what a KV-cached, one frame at
-a time inference engine needs from the causal temporal attention. Causal masks are aligned
-bottom-right: the last query sees every key, so a block of new queries continues a cache.
+Keys and values can be extended with cached ones (`past`, or preallocated buffers through
+`forward_into`), which is what a KV-cached, one frame at a time inference engine needs from the
+causal temporal attention. Causal masks are aligned bottom-right: the last query sees every key,
+so a block of new queries continues a cache.
 
 References: Dehghani et al. 2023, "Scaling Vision Transformers to 22B Parameters" (QK-norm, used
 by Genie: Bruce et al. 2024, "Genie: Generative Interactive Environments").
@@ -295,7 +298,9 @@ class MultiHeadAttention(nn.Module):
             return self.attend(q, k, v, self.causal)
         first = len_k - len_q
         rows = [
-            self.attend(q[:, :, i : i + 1], k[:, :, : first + i + 1], v[:, :, : first + i + 1], False)
+            self.attend(
+                q[:, :, i : i + 1], k[:, :, : first + i + 1], v[:, :, : first + i + 1], False
+            )
             for i in range(len_q)
         ]
         return torch.cat(rows, dim=2)

@@ -29,9 +29,7 @@ from torch import Tensor
 
 def check_hop(hop: int, max_frames: int) -> None:
     if not 1 <= hop < max_frames:
-        raise ValueError(
-            f"window hop must lie in 1..max_frames-1 = 1..{max_frames - 1}, got {hop}"
-        )
+        raise ValueError(f"window hop must lie in 1..max_frames-1 = 1..{max_frames - 1}, got {hop}")
 
 
 def window_start(frame: int, max_frames: int, hop: int) -> int:

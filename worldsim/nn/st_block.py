@@ -5,6 +5,10 @@ attends among the N tokens of each frame, then causally over time at each of the
 then applies an MLP, each pre-norm and residual. Attention therefore costs O(T N^2 + N T^2)
 instead of O((T N)^2), and frame t never sees frames after t.
 
+Because time is causal, inference can add frames one at a time: `forward_with_kv` continues from
+concatenated temporal keys/values, `forward_cached` from a preallocated `KVCache`
+(worldsim/nn/kv_cache.py), which is what the interactive engine steps with.
+
 References: Bruce et al. 2024, "Genie: Generative Interactive Environments" (ST-transformer,
 ST-ViViT); Xu et al. 2020, "Spatial-temporal transformer networks" (factorised attention).
 """

@@ -1,0 +1,347 @@
+"""The interactive world engine shared by the app, `worldsim rollout` and evaluation.
+
+`WorldSimulator.reset(prompt)` encodes the prompt frames; `step(state, action)` samples the next
+frame's tokens with MaskGIT and decodes them to RGB; `rollout(prompt, actions)` does both for a
+whole action sequence. A batch of B worlds steps together in one call.
+
+The cost of a step is one frame, not the whole context: the state keeps per-block temporal
+key/value caches (worldsim.nn.kv_cache.KVCache) of the dynamics model and of the tokenizer's
+causal decoder. Each MaskGIT iteration runs only the new frame's tokens through the dynamics
+against the cached past, writing their keys/values to scratch slots; once the frame is final it
+runs once more to keep its keys/values, and the decoder turns it into pixels in one frame-sized
+pass. Both models learn absolute temporal positions for `max_frames` frames, so the context is a
+window that jumps by `hop` frames when full, with the caches rebuilt once from the kept frames
+(window_start). `EngineConfig(kv_cache=False)` is the uncached reference: it re-runs each whole
+window under the same rule (simulator/sampling.py), and gives the same tokens for the same seed.
+
+States are values: `step` returns a new state and never changes the one it was given, so a
+failed step leaves its input usable, and stepping twice from one state branches the world.
+
+References: Bruce et al. 2024, "Genie: Generative Interactive Environments"; Chang et al. 2022,
+"MaskGIT: Masked Generative Image Transformer".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from simulator.dynamics import ActionInputs, DynamicsModel
+from simulator.lam import LatentActionModel
+from simulator.prompt import prompt_frames
+from simulator.sampling import SamplingConfig, sample_next_frame, unmask_frame
+from simulator.world_checkpoint import WorldSpec, load_world
+from tokenizer.model import DecodeState, VideoTokenizer
+from worldsim.nn.attention import set_attention_backend, set_query_by_query
+from worldsim.nn.kv_cache import KVCache, activation_dtype, check_hop
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_ENGINE_IDS = itertools.count()
+
+
+@dataclass
+class EngineConfig:
+    sampling: SamplingConfig | None = None  # None: world.json's default (4 MaskGIT steps)
+    hop: int | None = None  # window jump in frames; None: world.json's, else max_frames // 2
+    kv_cache: bool = True  # False: the uncached reference, re-running every whole window
+    device: str = "cpu"
+    # "bfloat16" runs the matmuls under autocast (weights stay fp32; sampling softmax in fp32).
+    dtype: str = "float32"
+    attention: str | None = None  # one backend for every model (ATTENTION_BACKENDS); None: as saved
+    # torch.compile each ST block's spatial attention and MLP and the decoder's pixel head: the
+    # frame-sized, fixed-shape parts of a step (the cached temporal attention stays eager).
+    compile: bool = False
+    cuda_graphs: bool = False  # CUDA only: compile with mode="reduce-overhead" (CUDA graphs)
+    seed: int = 0  # reset() default
+
+    def validate(self) -> None:
+        problems = []
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.cuda_graphs and not self.device.startswith("cuda"):
+            problems.append(f"cuda_graphs needs a CUDA device, got device {self.device!r}")
+        if self.sampling is not None:
+            try:
+                self.sampling.validate()
+            except ValueError as err:
+                problems.append(str(err))
+        if problems:
+            raise ValueError("bad engine config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, eq=False)  # holds tensors: compare fields, not states
+class WorldState:
+    """B worlds after their newest frame. Create with `WorldSimulator.reset`."""
+
+    tokens_BThw: Tensor  # the dynamics window: frames frame_index-T+1 .. frame_index
+    actions_BA: Tensor  # the A = T - 1 actions between the window's frames (action i after frame i)
+    frame_index: int  # frames since the first prompt frame, of the newest frame
+    frame_BCHW: Tensor  # the newest frame, decoded, float in [-1, 1]
+    cache: KVCache | None  # dynamics temporal keys/values of the window; None when uncached
+    decoder: DecodeState  # the tokenizer decoder's own window and cache
+    rng_state: Tensor  # the sampling generator's state after the newest frame
+    engine_id: int  # the engine that made it
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens_BThw.shape[0]
+
+
+class WorldSimulator:
+    """Tokenizer + dynamics (+ optional LAM) as a steerable world. See the module docstring."""
+
+    def __init__(
+        self,
+        tokenizer: VideoTokenizer,
+        dynamics: DynamicsModel,
+        spec: WorldSpec | None = None,
+        cfg: EngineConfig | None = None,
+        lam: LatentActionModel | None = None,
+    ) -> None:
+        cfg = cfg or EngineConfig()
+        cfg.validate()
+        spec = spec or WorldSpec.default_for(dynamics)
+        dynamics.check_compatible(tokenizer, lam)
+        spec.check(dynamics, lam)
+        self.cfg, self.spec, self.action_space = cfg, spec, spec.action_space
+        self.device = torch.device(cfg.device)
+        self.tokenizer = tokenizer.to(self.device).eval()
+        self.dynamics = dynamics.to(self.device).eval()
+        self.lam = None if lam is None else lam.to(self.device).eval()
+        for model in (self.tokenizer, self.dynamics, self.lam):
+            if model is not None and cfg.attention is not None:
+                set_attention_backend(model, cfg.attention)
+        for model in (self.tokenizer, self.dynamics):  # cached == uncached, bit for bit
+            set_query_by_query(model)
+        self.sampling = cfg.sampling or spec.sampling
+        hop = cfg.hop if cfg.hop is not None else spec.hop
+        self.hop = hop or dynamics.cfg.max_frames // 2
+        self.decoder_hop = hop or tokenizer.cfg.max_frames // 2
+        check_hop(self.hop, dynamics.cfg.max_frames)
+        check_hop(self.decoder_hop, tokenizer.cfg.max_frames)
+        self._id = next(_ENGINE_IDS)
+        if cfg.compile or cfg.cuda_graphs:
+            self._compile("reduce-overhead" if cfg.cuda_graphs else None)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike[str], cfg: EngineConfig | None = None
+    ) -> WorldSimulator:
+        """Load a world folder written by `simulator.world_checkpoint.save_world`."""
+        world = load_world(path, device=(cfg or EngineConfig()).device)
+        return cls(world.tokenizer, world.dynamics, world.spec, cfg, world.lam)
+
+    @property
+    def max_prompt_frames(self) -> int:
+        """Longest prompt kept: room for one new frame in the dynamics window."""
+        return min(self.dynamics.cfg.max_frames - 1, self.tokenizer.cfg.max_frames)
+
+    def reset(self, prompt: Any, prompt_actions: Any = None, seed: int | None = None) -> WorldState:
+        """Start B worlds from prompt frames or an image (see simulator.prompt.prompt_frames).
+
+        A prompt of T > 1 frames needs the T - 1 actions taken between them: `prompt_actions`
+        (B, T-1) ids, or, for latent action worlds with a LAM, inferred from the frames. Longer
+        prompts than `max_prompt_frames` keep their last frames, with a warning."""
+        return self._start(prompt, prompt_actions, seed)[1]
+
+    def step(self, state: WorldState, action: Any) -> tuple[Tensor, WorldState]:
+        """The next frame (B, C, H, W) in [-1, 1] of every world after `action` (one id per
+        world, or one id for all), and the new state. `state` itself is left unchanged."""
+        self._check_state(state)
+        action_B = self._action_ids(action, (state.batch_size,))
+        with self._inference():
+            tokens_BThw, actions_BA, cache = self._make_room(state)
+            actions_BA = torch.cat([actions_BA, action_B[:, None]], dim=1)
+            generator = torch.Generator(self.device)
+            generator.set_state(state.rng_state)
+            new_Bhw = self._sample(tokens_BThw, actions_BA, cache, generator)
+            if cache is not None:
+                x = self.dynamics.embed(
+                    new_Bhw[:, None], None, self._inputs(actions_BA), start_frame=cache.length
+                )
+                cache = self.dynamics.transformer.forward_cached(x, cache, commit=True)[1]
+            frame_BCHW, decoder = self.tokenizer.decode_step(new_Bhw, state.decoder)
+        new = WorldState(
+            tokens_BThw=torch.cat([tokens_BThw, new_Bhw[:, None]], dim=1),
+            actions_BA=actions_BA,
+            frame_index=state.frame_index + 1,
+            frame_BCHW=frame_BCHW.float(),
+            cache=cache,
+            decoder=decoder,
+            rng_state=generator.get_state(),
+            engine_id=self._id,
+        )
+        return new.frame_BCHW, new
+
+    def rollout(
+        self, prompt: Any, actions: Any, prompt_actions: Any = None, seed: int | None = None
+    ) -> Tensor:
+        """Video (B, T_prompt + A, C, H, W) in [-1, 1]: the decoded prompt frames, then one frame
+        per action; `actions` (B, A) ids, or a sequence of A ids for every world."""
+        recon_BTCHW, state = self._start(prompt, prompt_actions, seed)
+        ids = self._id_tensor(actions)
+        if ids.ndim == 1:
+            ids = ids[None].expand(state.batch_size, -1)
+        ids = self._action_ids(ids, (state.batch_size, ids.shape[-1]))
+        frames = list(recon_BTCHW.unbind(dim=1))
+        for action_B in ids.unbind(dim=1):
+            frame_BCHW, state = self.step(state, action_B)
+            frames.append(frame_BCHW)
+        return torch.stack(frames, dim=1)
+
+    def _start(
+        self, prompt: Any, prompt_actions: Any, seed: int | None
+    ) -> tuple[Tensor, WorldState]:
+        frames_BTCHW = prompt_frames(prompt, self.tokenizer.cfg.image_size).to(self.device)
+        b, t = frames_BTCHW.shape[:2]
+        given = None
+        if prompt_actions is not None:
+            given = self._action_ids(self._id_tensor(prompt_actions), (b, t - 1))
+        keep = self.max_prompt_frames
+        if t > keep:
+            warnings.warn(
+                f"the prompt has {t} frames; keeping its last {keep} (the dynamics window needs "
+                "room for the next frame)",
+                stacklevel=3,
+            )
+            frames_BTCHW = frames_BTCHW[:, t - keep :]
+            given = None if given is None else given[:, t - keep :]
+        actions_BA = self._infer_prompt_actions(frames_BTCHW) if given is None else given
+        generator = torch.Generator(self.device).manual_seed(
+            self.cfg.seed if seed is None else seed
+        )
+        with self._inference():
+            tokens_BThw = self.tokenizer.encode(frames_BTCHW)
+            recon_BTCHW, decoder = self.tokenizer.decode_start(
+                tokens_BThw, self.decoder_hop, cached=self.cfg.kv_cache
+            )
+            cache = self._prefill(tokens_BThw, actions_BA) if self.cfg.kv_cache else None
+        state = WorldState(
+            tokens_BThw=tokens_BThw,
+            actions_BA=actions_BA,
+            frame_index=tokens_BThw.shape[1] - 1,
+            frame_BCHW=recon_BTCHW[:, -1].float(),
+            cache=cache,
+            decoder=decoder,
+            rng_state=generator.get_state(),
+            engine_id=self._id,
+        )
+        return recon_BTCHW.float(), state
+
+    def _infer_prompt_actions(self, frames_BTCHW: Tensor) -> Tensor:
+        """The T - 1 actions between prompt frames given none: the LAM's latent actions."""
+        b, t = frames_BTCHW.shape[:2]
+        if t == 1:
+            return torch.zeros(b, 0, dtype=torch.long, device=self.device)
+        if self.action_space.type == "latent" and self.lam is not None:
+            with self._inference():
+                return self.lam.encode(frames_BTCHW)
+        raise ValueError(
+            f"a prompt of {t} frames needs the {t - 1} actions taken between them "
+            "(prompt_actions), or a latent action world with a LAM to infer them; a single "
+            "frame needs none"
+        )
+
+    def _make_room(self, state: WorldState) -> tuple[Tensor, Tensor, KVCache | None]:
+        """The window the next frame is made in: the state's, or after a jump by `hop` frames
+        with the cache rebuilt from the kept frames. The cache returned may be written to."""
+        tokens_BThw, actions_BA, cache = state.tokens_BThw, state.actions_BA, state.cache
+        if tokens_BThw.shape[1] + 1 > self.dynamics.cfg.max_frames:
+            tokens_BThw, actions_BA = tokens_BThw[:, self.hop :], actions_BA[:, self.hop :]
+            cache = self._prefill(tokens_BThw, actions_BA) if cache is not None else None
+        return tokens_BThw, actions_BA, None if cache is None else cache.writable()
+
+    def _prefill(self, tokens_BThw: Tensor, actions_BA: Tensor) -> KVCache:
+        """The dynamics cache of a window of frames from temporal position 0."""
+        x_BTND = self.dynamics.embed(tokens_BThw, None, self._inputs(actions_BA))
+        b, _, n, _ = x_BTND.shape
+        dtype = activation_dtype(self.device, self.dynamics.to_logits.weight.dtype)
+        transformer = self.dynamics.transformer
+        cache = transformer.empty_cache(b * n, self.dynamics.cfg.max_frames, dtype, self.device)
+        return transformer.forward_cached(x_BTND, cache, commit=True)[1]
+
+    def _sample(
+        self,
+        tokens_BThw: Tensor,
+        actions_BA: Tensor,
+        cache: KVCache | None,
+        generator: torch.Generator,
+    ) -> Tensor:
+        """MaskGIT tokens (B, h, w) of the frame after the window; actions A == T."""
+        model, actions = self.dynamics, self._inputs(actions_BA)
+        if cache is None:
+            return sample_next_frame(model, tokens_BThw, actions, self.sampling, generator)
+        g, position = model.grid, tokens_BThw.shape[1]
+
+        def logits(frame_BN: Tensor, masked_BN: Tensor) -> Tensor:
+            new_B1hw = rearrange(frame_BN, "b (h w) -> b 1 h w", h=g)
+            mask_B1hw = rearrange(masked_BN, "b (h w) -> b 1 h w", h=g)
+            x_B1ND = model.embed(new_B1hw, mask_B1hw, actions, start_frame=position)
+            hidden_B1ND = model.transformer.forward_cached(x_B1ND, cache, commit=False)[0]
+            return model.head(hidden_B1ND[:, 0]).float()
+
+        b = tokens_BThw.shape[0]
+        frame_BN = unmask_frame(logits, b, g * g, self.device, self.sampling, generator)
+        return rearrange(frame_BN, "b (h w) -> b h w", h=g)
+
+    def _inputs(self, actions_BA: Tensor) -> ActionInputs:
+        return ActionInputs(**{self.action_space.type: actions_BA})
+
+    def _check_state(self, state: Any) -> None:
+        if not isinstance(state, WorldState):
+            raise ValueError(
+                f"step() needs a WorldState from reset(prompt), got {type(state).__name__}: "
+                "call reset first"
+            )
+        if state.engine_id != self._id:
+            raise ValueError("this state was made by another WorldSimulator; reset this one")
+
+    @staticmethod
+    def _id_tensor(actions: Any) -> Tensor:
+        try:
+            ids = actions if isinstance(actions, Tensor) else torch.as_tensor(actions)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"actions must be integer ids, got {actions!r}") from err
+        if ids.numel() == 0:  # an empty list comes out as float
+            ids = ids.long()
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"actions must be integer ids, got {ids.dtype}")
+        return ids
+
+    def _action_ids(self, actions: Any, shape: Sequence[int]) -> Tensor:
+        """int64 ids of `shape` on the device, checked against the action space; a single id
+        stands for every world."""
+        ids = self._id_tensor(actions)
+        if ids.ndim == 0:
+            ids = ids.expand(*shape)
+        if tuple(ids.shape) != tuple(shape):
+            raise ValueError(f"expected action ids of shape {tuple(shape)}, got {tuple(ids.shape)}")
+        n = self.action_space.n
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
+            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+            raise ValueError(
+                f"action {bad} is outside the action space: {self.action_space.describe()}"
+            )
+        return ids.to(self.device, torch.long)
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        bf16 = self.cfg.dtype == "bfloat16"
+        with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
+            yield
+
+    def _compile(self, mode: str | None) -> None:
+        """Compile the frame-sized modules in place (the engine owns its models)."""
+        transformers = (self.dynamics.transformer, self.tokenizer.decoder)
+        for module in [m for t in transformers for b in t.blocks for m in (b.space, b.mlp)]:
+            module.compile(mode=mode, dynamic=False)
+        self.tokenizer.head.compile(mode=mode, dynamic=False)

@@ -1,0 +1,151 @@
+"""World checkpoints (save_world / load_world / WorldSimulator.from_pretrained) and the
+`worldsim rollout` function: round trips, mismatches named, prompts from files, video outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from simulator.dynamics import DynamicsModel
+from simulator.dynamics_config import dynamics_preset
+from simulator.engine import EngineConfig, WorldSimulator
+from simulator.rollout import parse_actions, rollout_command
+from simulator.sampling import SamplingConfig
+from simulator.world_checkpoint import (
+    WorldActionSpace,
+    WorldSpec,
+    load_world,
+    save_world,
+)
+from tokenizer.config import tokenizer_preset
+from tokenizer.model import VideoTokenizer
+
+DISCRETE = WorldSpec(
+    WorldActionSpace("discrete", 3, ["noop", "left", "right"]), SamplingConfig(steps=2), hop=3
+)
+
+
+def models(**dynamics_overrides) -> tuple[VideoTokenizer, DynamicsModel]:
+    torch.manual_seed(0)
+    dynamics = DynamicsModel(dynamics_preset("tiny", **dynamics_overrides))
+    return VideoTokenizer(tokenizer_preset("tiny")), dynamics
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("worlds") / "coin"
+    tokenizer, dynamics = models(action_sources=["discrete"], num_discrete_actions=3)
+    save_world(path, tokenizer, dynamics, spec=DISCRETE)
+    return str(path)
+
+
+def test_save_and_load_round_trip(world: str) -> None:
+    loaded = load_world(world)
+    assert loaded.spec == DISCRETE and loaded.lam is None
+    sim = WorldSimulator.from_pretrained(world)
+    assert sim.hop == 3 and sim.sampling.steps == 2 and sim.action_space.names[2] == "right"
+    state = sim.reset(torch.zeros(1, 3, 16, 16))
+    frame, _ = sim.step(state, 2)
+    assert frame.shape == (1, 3, 16, 16)
+    cfg = EngineConfig(sampling=SamplingConfig(steps=5))
+    assert WorldSimulator.from_pretrained(world, cfg).sampling.steps == 5
+
+
+def test_save_replaces_a_world_atomically_but_nothing_else(world: str, tmp_path) -> None:
+    tokenizer, dynamics = models()  # latent actions by default
+    target = tmp_path / "w"
+    save_world(target, tokenizer, dynamics)
+    save_world(target, tokenizer, dynamics)
+    spec = json.loads((target / "world.json").read_text())
+    assert spec["action_space"] == {"type": "latent", "n": 4, "names": []}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # no temporary folders left
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a world checkpoint; refusing"):
+        save_world(tmp_path / "data", tokenizer, dynamics)
+
+
+def test_mismatched_parts_are_named(tmp_path) -> None:
+    tokenizer, dynamics = models(num_codes=64)
+    with pytest.raises(ValueError, match="tokenizer has 125 codes but dynamics num_codes is 64"):
+        save_world(tmp_path / "a", tokenizer, dynamics)
+    tokenizer, dynamics = models()
+    wrong = WorldSpec(WorldActionSpace("discrete", 5))
+    with pytest.raises(ValueError, match=r"steers 'discrete' actions .* \['latent'\]"):
+        save_world(tmp_path / "b", tokenizer, dynamics, spec=wrong)
+    with pytest.raises(ValueError, match="type must be one of"):
+        save_world(tmp_path / "c", tokenizer, dynamics, spec=WorldSpec(WorldActionSpace("x", 4)))
+    with pytest.raises(ValueError, match="hop must lie in 1..7"):
+        save_world(
+            tmp_path / "d",
+            tokenizer,
+            dynamics,
+            spec=WorldSpec(WorldActionSpace("latent", 4), hop=9),
+        )
+    with pytest.raises(FileNotFoundError, match="world.json missing"):
+        load_world(tmp_path)
+
+
+def test_corrupt_world_json_is_named(world: str, tmp_path) -> None:
+    broken = tmp_path / "broken"
+    tokenizer, dynamics = models()
+    save_world(broken, tokenizer, dynamics)
+    (broken / "world.json").write_text('{"action_space": {"type": "latent", "n": 4}, "x": 1}')
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['x'\]"):
+        load_world(broken)
+    (broken / "world.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_world(broken)
+
+
+def test_parse_actions_takes_ids_and_names() -> None:
+    space = DISCRETE.action_space
+    assert parse_actions("0, 2,RIGHT,left", space) == [0, 2, 2, 1]
+    with pytest.raises(ValueError, match="'jump' is not an id of 3 discrete actions"):
+        parse_actions("0,jump", space)
+    with pytest.raises(ValueError, match="action 3 is outside the action space"):
+        parse_actions("0,3", space)
+
+
+def test_rollout_command_writes_gif_and_mp4(world: str, tmp_path, capsys) -> None:
+    image = tmp_path / "start.png"
+    Image.fromarray(np.full((24, 24, 3), 90, dtype=np.uint8)).save(image)
+    with pytest.warns(UserWarning, match="resized to 16x16"):
+        assert rollout_command(world, str(image), "0,1,2,2", str(tmp_path / "r.gif"), fps=5) == 0
+    with Image.open(tmp_path / "r.gif") as gif:
+        assert gif.n_frames == 5 and gif.size == (64, 64)
+    assert "4 actions" in capsys.readouterr().out
+    out = tmp_path / "r.mp4"
+    with pytest.warns(UserWarning, match="resized"):
+        rollout_command(world, str(image), "right,left", str(out), steps=1, temperature=0, scale=2)
+    with av.open(str(out)) as video:
+        assert sum(1 for _ in video.decode(video=0)) == 3
+    with pytest.raises(ValueError, match="must end in .mp4 or .gif"):
+        rollout_command(world, str(image), "0", str(tmp_path / "r.avi"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        rollout_command(world, str(tmp_path / "none.png"), "0", str(out))
+
+
+def test_rollout_from_a_shard_sample_uses_its_true_actions(world: str, tmp_path, capsys) -> None:
+    shard = tmp_path / "train-000000.tar"
+    frames = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    members = {"frames.npy": frames, "actions.npy": np.array([0, 1, 2, 1, 0])}
+    with tarfile.open(shard, "w") as tar:
+        for name, array in members.items():
+            buf = io.BytesIO()
+            np.save(buf, array)
+            info = tarfile.TarInfo(f"clip-000000.{name}")
+            info.size = buf.tell()
+            buf.seek(0)
+            tar.addfile(info, buf)
+    rollout_command(world, f"{shard}#clip-000000", "1,1", str(tmp_path / "s.gif"))
+    assert "last 5 frames with their actions" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no clip 'other'.*clip-000000"):
+        rollout_command(world, f"{shard}#other", "1", str(tmp_path / "s.gif"))
