@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from simulator.lam_config import LAMConfig
 from tokenizer.config import TokenizerConfig
-from tokenizer.model import RANGE_TOLERANCE, STEMS, frame_psnr
+from tokenizer.model import STEMS, check_frames, frame_psnr
 from tokenizer.quantizers import build_quantizer, code_statistics
 from worldsim.nn.pretrained import PretrainedModel
 from worldsim.nn.st_block import STTransformer
@@ -201,32 +201,10 @@ class LatentActionModel(PretrainedModel):
     def check_frames(self, frames: Tensor, *, min_frames: int, max_frames: int) -> None:
         """ValueError naming what is wrong with a frames batch."""
         cfg = self.cfg
-        if not isinstance(frames, Tensor) or not frames.is_floating_point():
-            raise ValueError(
-                f"frames must be a float tensor, got {getattr(frames, 'dtype', frames)}"
-            )
-        if frames.ndim != 5:
-            raise ValueError(f"frames must be (B, T, C, H, W), got shape {tuple(frames.shape)}")
-        _, t, c, h, w = frames.shape
-        if c != cfg.channels:
-            raise ValueError(f"frames have {c} channels; this LAM takes {cfg.channels}")
-        if (h, w) != (cfg.image_size, cfg.image_size):
-            raise ValueError(
-                f"frames are {h}x{w}; this LAM takes {cfg.image_size}x{cfg.image_size}"
-            )
-        if not min_frames <= t <= max_frames:
-            raise ValueError(
-                f"expected {min_frames}..{max_frames} frames here (max_frames "
-                f"{cfg.max_frames}), got {t}"
-            )
-        if not torch.isfinite(frames).all():
-            raise ValueError("frames contain NaN or inf values")
-        lo, hi = float(frames.min()), float(frames.max())
-        if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-            raise ValueError(
-                f"frame values must lie in [-1, 1], got min {lo:.3g} max {hi:.3g} "
-                "(uint8 pixels map to x / 127.5 - 1)"
-            )
+        check_frames(
+            frames, channels=cfg.channels, image_size=cfg.image_size,
+            length=(min_frames, max_frames), model="this LAM",
+        )  # fmt: skip
 
     def check_actions(self, actions: Tensor, batch_and_time: tuple[int, ...]) -> None:
         """ValueError naming what is wrong with latent action ids for `batch_and_time` frames."""

@@ -165,6 +165,38 @@ def _st_transformer(cfg: TokenizerConfig, depth: int) -> STTransformer:
     )
 
 
+def check_frames(
+    frames: Tensor,
+    *,
+    channels: int,
+    image_size: int,
+    length: tuple[int, int],
+    model: str,
+    size_note: str = "",
+) -> None:
+    """ValueError naming what is wrong with a (B, T, C, H, W) batch in [-1, 1] that `model`
+    (e.g. "this tokenizer") reads; T must lie in the inclusive range `length`."""
+    if not isinstance(frames, Tensor) or not frames.is_floating_point():
+        raise ValueError(f"frames must be a float tensor, got {getattr(frames, 'dtype', frames)}")
+    if frames.ndim != 5:
+        raise ValueError(f"frames must be (B, T, C, H, W), got shape {tuple(frames.shape)}")
+    _, t, c, h, w = frames.shape
+    if c != channels:
+        raise ValueError(f"frames have {c} channels; {model} takes {channels}")
+    if (h, w) != (image_size, image_size):
+        raise ValueError(f"frames are {h}x{w}; {model} takes {image_size}x{image_size}{size_note}")
+    if not length[0] <= t <= length[1]:
+        raise ValueError(f"clips must have {length[0]}..{length[1]} frames here, got {t}")
+    if not torch.isfinite(frames).all():
+        raise ValueError("frames contain NaN or inf values")
+    lo, hi = float(frames.min()), float(frames.max())
+    if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        raise ValueError(
+            f"frame values must lie in [-1, 1], got min {lo:.3g} max {hi:.3g} "
+            "(uint8 pixels map to x / 127.5 - 1)"
+        )
+
+
 class VideoTokenizer(PretrainedModel):
     """Causal VQ video tokenizer. `forward(frames)` is the training loss (so DDP wrappers work);
     `encode` / `decode` are the inference API."""
@@ -299,29 +331,10 @@ class VideoTokenizer(PretrainedModel):
     def check_frames(self, frames: Tensor) -> None:
         """ValueError naming what is wrong with a frames batch."""
         cfg = self.cfg
-        if not isinstance(frames, Tensor) or not frames.is_floating_point():
-            raise ValueError(
-                f"frames must be a float tensor, got {getattr(frames, 'dtype', frames)}"
-            )
-        if frames.ndim != 5:
-            raise ValueError(f"frames must be (B, T, C, H, W), got shape {tuple(frames.shape)}")
-        _, t, c, h, w = frames.shape
-        if c != cfg.channels:
-            raise ValueError(f"frames have {c} channels; this tokenizer takes {cfg.channels}")
-        if (h, w) != (cfg.image_size, cfg.image_size):
-            raise ValueError(
-                f"frames are {h}x{w}; this tokenizer takes {cfg.image_size}x{cfg.image_size} "
-                f"(patch size {cfg.patch_size})"
-            )
-        self._check_length(t)
-        if not torch.isfinite(frames).all():
-            raise ValueError("frames contain NaN or inf values")
-        lo, hi = float(frames.min()), float(frames.max())
-        if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-            raise ValueError(
-                f"frame values must lie in [-1, 1], got min {lo:.3g} max {hi:.3g} "
-                "(uint8 pixels map to x / 127.5 - 1)"
-            )
+        check_frames(
+            frames, channels=cfg.channels, image_size=cfg.image_size, length=(1, cfg.max_frames),
+            model="this tokenizer", size_note=f" (patch size {cfg.patch_size})",
+        )  # fmt: skip
 
     def check_tokens(self, tokens: Tensor) -> None:
         """ValueError naming what is wrong with a tokens batch."""
