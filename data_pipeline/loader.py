@@ -17,6 +17,7 @@ streams frame shards; `data_pipeline.token_shards.TokenLoader` streams token sha
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -25,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, Protocol, Self, TypeVar
 
 import numpy as np
 import torch
@@ -53,6 +54,12 @@ class LoaderConfig:
     # actions. None: such batches get discrete (B, T) int64 zeros.
     action_dim: int | None = None
     pin_memory: bool = False  # page-locked batches for faster host-to-GPU copies
+
+    def for_eval(self, shards: str | list[str], split: str, batch_size: int) -> Self:
+        """These options on held-out shards, in stored order, read in the main process."""
+        return dataclasses.replace(
+            self, shards=shards, split=split, batch_size=batch_size, shuffle=False, num_workers=0
+        )
 
     def validate(self) -> None:
         if not self.shards:

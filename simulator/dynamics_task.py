@@ -109,14 +109,7 @@ class DynamicsTask:
     def eval_batches(self, batch_size: int) -> TokenLoader | None:
         if not self.cfg.eval_shards:
             return None
-        data = dataclasses.replace(
-            self.cfg.data,
-            shards=self.cfg.eval_shards,
-            split=self.cfg.eval_split,
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=0,
-        )
+        data = self.cfg.data.for_eval(self.cfg.eval_shards, self.cfg.eval_split, batch_size)
         loader = TokenLoader(data, rank=0, world_size=1)
         check_token_identity(self.model_cfg, loader.token_identity, str(data.shards))
         return loader

@@ -84,14 +84,7 @@ class TokenizerTask:
     def eval_batches(self, batch_size: int) -> ShardLoader | None:
         if not self.cfg.eval_shards:
             return None
-        data = dataclasses.replace(
-            self.cfg.data,
-            shards=self.cfg.eval_shards,
-            split=self.cfg.eval_split,
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=0,
-        )
+        data = self.cfg.data.for_eval(self.cfg.eval_shards, self.cfg.eval_split, batch_size)
         return ShardLoader(data, rank=0, world_size=1)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> TokenizerOutput:
