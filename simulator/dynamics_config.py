@@ -7,12 +7,11 @@ CoinRun, 16x16 tokens, sized for about 75 minutes on a 2-core CPU), `base` and `
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from worldsim.config import from_dict
+from worldsim.config import build_preset, from_dict
 
 ACTION_SOURCES = ("latent", "discrete", "continuous")
 
@@ -137,8 +136,4 @@ PRESETS: dict[str, Callable[[], DynamicsConfig]] = {
 
 def dynamics_preset(name: str, **overrides: Any) -> DynamicsConfig:
     """A fresh copy of preset `name` with top-level fields replaced by `overrides`."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown dynamics preset {name!r}; choose one of {sorted(PRESETS)}")
-    cfg = dataclasses.replace(PRESETS[name](), **overrides)
-    cfg.validate()
-    return cfg
+    return build_preset(PRESETS, name, "dynamics", overrides)

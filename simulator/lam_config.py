@@ -6,13 +6,12 @@ Presets: `tiny` (tests, trains in seconds), `coinrun` (64x64, sized for about 45
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tokenizer.config import QuantizerConfig
-from worldsim.config import from_dict
+from worldsim.config import build_preset, from_dict
 
 
 def _action_quantizer(codes: int = 8, dim: int = 32, dead_after: int = 25) -> QuantizerConfig:
@@ -161,10 +160,4 @@ PRESETS: dict[str, Callable[[], LAMConfig]] = {
 
 def lam_preset(name: str, **overrides: Any) -> LAMConfig:
     """A fresh copy of preset `name` with top-level fields replaced by `overrides`."""
-    if name not in PRESETS:
-        raise ValueError(
-            f"unknown latent action model preset {name!r}; choose one of {sorted(PRESETS)}"
-        )
-    cfg = dataclasses.replace(PRESETS[name](), **overrides)
-    cfg.validate()
-    return cfg
+    return build_preset(PRESETS, name, "latent action model", overrides)

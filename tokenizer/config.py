@@ -6,13 +6,12 @@ CPU), `base` and `large` (GPU; `large` follows Genie's CoinRun case study).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from worldsim.config import from_dict
+from worldsim.config import build_preset, from_dict
 
 VQ_UPDATES = ("ema", "grad")
 
@@ -179,8 +178,4 @@ PRESETS: dict[str, Callable[[], TokenizerConfig]] = {
 
 def tokenizer_preset(name: str, **overrides: Any) -> TokenizerConfig:
     """A fresh copy of preset `name` with top-level fields replaced by `overrides`."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown tokenizer preset {name!r}; choose one of {sorted(PRESETS)}")
-    cfg = dataclasses.replace(PRESETS[name](), **overrides)
-    cfg.validate()
-    return cfg
+    return build_preset(PRESETS, name, "tokenizer", overrides)

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -136,3 +137,22 @@ def deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
             deep_update(dst[k], v)
         else:
             dst[k] = v
+
+
+class _Validated(typing.Protocol):
+    def validate(self) -> None: ...
+
+
+V = TypeVar("V", bound=_Validated)
+
+
+def build_preset(
+    presets: Mapping[str, Callable[[], V]], name: str, kind: str, overrides: dict[str, Any]
+) -> V:
+    """A fresh, validated copy of the `kind` preset `name` (e.g. "tokenizer", "coinrun") with
+    top-level fields replaced by `overrides`; unknown names list the valid ones."""
+    if name not in presets:
+        raise ValueError(f"unknown {kind} preset {name!r}; choose one of {sorted(presets)}")
+    cfg = dataclasses.replace(presets[name](), **overrides)  # type: ignore[type-var]
+    cfg.validate()
+    return cfg
