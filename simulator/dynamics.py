@@ -193,7 +193,13 @@ class DynamicsModel(PretrainedModel):
         stop = start + t - 1
         emb = self.no_action.new_zeros(b, stop - first, self.cfg.width)
         for source, embedding in self.action_embeds.items():
-            emb = emb + embedding(self._source_actions(actions, source, b, stop)[:, first:stop])
+            if getattr(actions, source) is None and self.cfg.source_dropout > 0:
+                continue  # trained to run without it: the embedding a dropped source gets
+            source_emb = embedding(self._source_actions(actions, source, b, stop)[:, first:stop])
+            if self.training and self.cfg.source_dropout > 0:
+                keep_B11 = torch.rand(b, 1, 1, device=emb.device) >= self.cfg.source_dropout
+                source_emb = source_emb * keep_B11
+            emb = emb + source_emb
         if start == 0:
             emb = torch.cat([self.no_action.expand(b, 1, -1), emb], dim=1)
         return emb
@@ -205,7 +211,8 @@ class DynamicsModel(PretrainedModel):
         if a is None:
             raise ValueError(
                 f"this model is conditioned on {source!r} actions (action_sources="
-                f"{cfg.action_sources}) but actions.{source} is None"
+                f"{cfg.action_sources}, trained with source_dropout=0) but actions.{source} "
+                "is None"
             )
         continuous = source == "continuous"
         ndim = 3 if continuous else 2

@@ -40,6 +40,11 @@ class DynamicsConfig:
     # so the model learns to tolerate its own sampling errors in rollouts (1X GENIE's random
     # replacement, GameNGen's context noise). Training only; 0 disables.
     corrupt_max: float = 0.1
+    # Per clip and per action source, the chance that the source is hidden in training (its
+    # embedding dropped). With it, a model on ["latent", "discrete"] can later be steered by
+    # either source alone or by both: one model serves Genie's latent-action evaluation and
+    # rollouts with true actions. 0: every configured source is required.
+    source_dropout: float = 0.0
     gradient_checkpointing: bool = False  # recompute block activations in backward (memory)
 
     @property
@@ -72,6 +77,8 @@ class DynamicsConfig:
                 "need 0 < mask_rate_min <= mask_rate_max <= 1, got "
                 f"{self.mask_rate_min}, {self.mask_rate_max}"
             )
+        if not 0 <= self.source_dropout < 1:
+            problems.append(f"source_dropout must be in [0, 1), got {self.source_dropout}")
         if not 0 <= self.corrupt_max < 1:
             problems.append(f"corrupt_max must be in [0, 1), got {self.corrupt_max}")
         if problems:

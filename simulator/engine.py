@@ -32,17 +32,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import Tensor
 
 from simulator.dynamics import ActionInputs, DynamicsModel
 from simulator.lam import LatentActionModel
 from simulator.prompt import prompt_frames
-from simulator.sampling import SamplingConfig, sample_next_frame, unmask_frame
+from simulator.sampling import (
+    SamplingConfig,
+    commit_frame,
+    prefill_cache,
+    sample_next_frame,
+    sample_next_frame_cached,
+)
 from simulator.world_checkpoint import WorldSpec, load_world
 from tokenizer.model import DecodeState, VideoTokenizer
 from worldsim.nn.attention import set_attention_backend, set_query_by_query
-from worldsim.nn.kv_cache import KVCache, activation_dtype, check_hop
+from worldsim.nn.kv_cache import KVCache, check_hop
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _ENGINE_IDS = itertools.count()
@@ -165,10 +170,7 @@ class WorldSimulator:
             generator.set_state(state.rng_state)
             new_Bhw = self._sample(tokens_BThw, actions_BA, cache, generator)
             if cache is not None:
-                x = self.dynamics.embed(
-                    new_Bhw[:, None], None, self._inputs(actions_BA), start_frame=cache.length
-                )
-                cache = self.dynamics.transformer.forward_cached(x, cache, commit=True)[1]
+                cache = commit_frame(self.dynamics, cache, new_Bhw, self._inputs(actions_BA))
             frame_BCHW, decoder = self.tokenizer.decode_step(new_Bhw, state.decoder)
         new = WorldState(
             tokens_BThw=torch.cat([tokens_BThw, new_Bhw[:, None]], dim=1),
@@ -262,12 +264,7 @@ class WorldSimulator:
 
     def _prefill(self, tokens_BThw: Tensor, actions_BA: Tensor) -> KVCache:
         """The dynamics cache of a window of frames from temporal position 0."""
-        x_BTND = self.dynamics.embed(tokens_BThw, None, self._inputs(actions_BA))
-        b, _, n, _ = x_BTND.shape
-        dtype = activation_dtype(self.device, self.dynamics.to_logits.weight.dtype)
-        transformer = self.dynamics.transformer
-        cache = transformer.empty_cache(b * n, self.dynamics.cfg.max_frames, dtype, self.device)
-        return transformer.forward_cached(x_BTND, cache, commit=True)[1]
+        return prefill_cache(self.dynamics, tokens_BThw, self._inputs(actions_BA))
 
     def _sample(
         self,
@@ -280,18 +277,7 @@ class WorldSimulator:
         model, actions = self.dynamics, self._inputs(actions_BA)
         if cache is None:
             return sample_next_frame(model, tokens_BThw, actions, self.sampling, generator)
-        g, position = model.grid, tokens_BThw.shape[1]
-
-        def logits(frame_BN: Tensor, masked_BN: Tensor) -> Tensor:
-            new_B1hw = rearrange(frame_BN, "b (h w) -> b 1 h w", h=g)
-            mask_B1hw = rearrange(masked_BN, "b (h w) -> b 1 h w", h=g)
-            x_B1ND = model.embed(new_B1hw, mask_B1hw, actions, start_frame=position)
-            hidden_B1ND = model.transformer.forward_cached(x_B1ND, cache, commit=False)[0]
-            return model.head(hidden_B1ND[:, 0]).float()
-
-        b = tokens_BThw.shape[0]
-        frame_BN = unmask_frame(logits, b, g * g, self.device, self.sampling, generator)
-        return rearrange(frame_BN, "b (h w) -> b h w", h=g)
+        return sample_next_frame_cached(model, cache, actions, self.sampling, generator)
 
     def _inputs(self, actions_BA: Tensor) -> ActionInputs:
         return ActionInputs(**{self.action_space.type: actions_BA})

@@ -24,6 +24,9 @@ class Conditioning:
     latent: int | None  # number of latent actions, None if not conditioned on them
     discrete: int | None  # number of true discrete actions
     continuous: int | None  # width of true continuous actions
+    # Trained with source dropout: each source may be left out, so latent-action and
+    # true-action rollouts both run, each with its own source alone.
+    separable: bool = False
 
     @classmethod
     def of(cls, dynamics: DynamicsModel) -> Conditioning:
@@ -32,6 +35,7 @@ class Conditioning:
             latent=cfg.num_latent_actions if "latent" in cfg.action_sources else None,
             discrete=cfg.num_discrete_actions if "discrete" in cfg.action_sources else None,
             continuous=cfg.continuous_dim if "continuous" in cfg.action_sources else None,
+            separable=cfg.source_dropout > 0,
         )
 
     @property
@@ -54,8 +58,10 @@ def action_sources(
     """Curve name -> actions (A = num_actions) for rollouts of this batch.
 
     A model on latent actions gets the LAM's and uniformly random ones (its true actions, if it
-    takes them too, are the clip's in both); a model on true actions only gets the clip's and, if
-    discrete, uniformly random ones. The random draw uses `generator` so sampling seeds stay equal.
+    takes them too, are the clip's in both, unless the model is `separable`: then the latent
+    curves get latent actions alone and a third curve the true actions alone); a model on true
+    actions only gets the clip's and, if discrete, uniformly random ones. The random draw uses
+    `generator` so sampling seeds stay equal.
     """
     if cond.true and not bool(batch.action_mask.all()):
         missing = int((~batch.action_mask).sum())
@@ -71,10 +77,14 @@ def action_sources(
     )
     if cond.latent is not None:
         rand = torch.randint(cond.latent, (b, num_actions), generator=generator)
-        return {
-            LAM: replace(base, latent=latent_BA[:, :num_actions]),
-            RANDOM: replace(base, latent=rand.to(device)),
+        with_latent = ActionInputs() if cond.separable else base
+        sources = {
+            LAM: replace(with_latent, latent=latent_BA[:, :num_actions]),
+            RANDOM: replace(with_latent, latent=rand.to(device)),
         }
+        if cond.separable and cond.true:
+            sources[TRUE] = base
+        return sources
     sources = {TRUE: base}
     if cond.discrete is not None:
         rand = torch.randint(cond.discrete, (b, num_actions), generator=generator)

@@ -119,6 +119,7 @@ def write_action_sheet(
     sampling: SamplingConfig | None = None,
     seed: int = 0,
     usage: list[int] | None = None,
+    kv_cache: bool = True,
 ) -> Path:
     """Contact sheet of what each action does: one row per start frame (frame 0 of each clip),
     then one column per action showing the frame after `steps` repeats of that action from the
@@ -130,7 +131,7 @@ def write_action_sheet(
     cond = Conditioning.of(dynamics)
     kind = "latent" if cond.latent is not None else "discrete"
     last = repeated_action_frames(
-        tokenizer, dynamics, frames_BTCHW[:, :1], true_actions, steps, sampling, seed
+        tokenizer, dynamics, frames_BTCHW[:, :1], true_actions, steps, sampling, seed, kv_cache
     )  # (R, A, C, H, W)
     clips = list(to_uint8_clips(torch.cat([frames_BTCHW[:, :1].to(last.device), last], dim=1)))
     if usage is None:
@@ -152,6 +153,7 @@ def repeated_action_frames(
     steps: int,
     sampling: SamplingConfig | None,
     seed: int,
+    kv_cache: bool = True,
 ) -> Tensor:
     """Frames (R, A, C, H, W): from each start frame (R, 1, C, H, W), the frame after `steps`
     repeats of each of the A actions the sheet varies (latent if taken, else true discrete)."""
@@ -161,6 +163,8 @@ def repeated_action_frames(
     if count is None:
         raise ValueError("the dynamics takes neither latent nor discrete actions: nothing to vary")
     needs_true = cond.continuous is not None or (kind == "latent" and cond.discrete is not None)
+    if cond.separable and kind == "latent":  # steered by latent actions alone, as in evaluation
+        needs_true, true_actions = False, None
     if needs_true and true_actions is None:
         raise ValueError(f"the dynamics takes {cond.names} actions: pass the clips' true_actions")
     rows = start_BTCHW.shape[0]
@@ -174,8 +178,9 @@ def repeated_action_frames(
     fields[kind] = ids.contiguous()
     gen = generator_for(seed, 0, prompts.device)
     rolled = rollout_tokens(
-        dynamics, prompts, ActionInputs(**fields), steps, sampling or SamplingConfig(), gen
-    )
+        dynamics, prompts, ActionInputs(**fields), steps, sampling or SamplingConfig(), gen,
+        kv_cache=kv_cache,
+    )  # fmt: skip
     return rearrange(tokenizer.decode(rolled)[:, -1], "(r a) c h w -> r a c h w", a=count)
 
 

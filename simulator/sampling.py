@@ -1,10 +1,13 @@
-"""MaskGIT sampling of next frames from the dynamics model (the uncached reference).
+"""MaskGIT sampling of next frames from the dynamics model, uncached and KV-cached.
 
 A new frame starts fully masked. Each of `steps` steps predicts every still-masked token at once,
 samples a code for each, and keeps a schedule-determined number of them; the rest are masked again
-for the next step. `rollout_tokens` repeats this frame after frame, re-running the whole context
-each step (no KV cache): it is the ground truth the cached engine (simulator/engine.py) reproduces
-token for token, running the same `unmask_frame` loop on cached logits.
+for the next step. `rollout_tokens` repeats this frame after frame. Uncached, it re-runs the whole
+context each step: the ground truth. With `kv_cache=True` it keeps the context's temporal
+keys/values (`prefill_cache`, `sample_next_frame_cached`, `commit_frame`, which the interactive
+engine in simulator/engine.py uses too) and runs the same `unmask_frame` loop on cached logits, so
+a step costs one frame; with query-by-query attention (`worldsim.nn.attention.set_query_by_query`)
+both give identical tokens.
 
 Unmasking order: "random" (the default) keeps uniformly chosen positions; "confidence" keeps the
 sampled tokens the model was surest of, as in MaskGIT. On video, confidence order tends to copy the
@@ -27,7 +30,7 @@ from einops import rearrange
 from torch import Tensor
 
 from simulator.dynamics import ActionInputs, DynamicsModel
-from worldsim.nn.kv_cache import check_hop, window_start
+from worldsim.nn.kv_cache import KVCache, activation_dtype, check_hop, window_start
 
 # Share of a frame's tokens still masked after a fraction p in [0, 1] of the steps.
 SCHEDULES: dict[str, Callable[[float], float]] = {
@@ -102,6 +105,51 @@ def sample_next_frame(
     return rearrange(frame_BN, "b (h w) -> b h w", h=model.grid)
 
 
+def prefill_cache(model: DynamicsModel, tokens_BThw: Tensor, actions: ActionInputs) -> KVCache:
+    """The temporal KV cache of a window of frames (B, T, h, w) from position 0; `actions` hold
+    the window's T - 1 actions (or more; later ones are unused)."""
+    x_BTND = model.embed(tokens_BThw, None, actions)
+    b, _, n, _ = x_BTND.shape
+    dtype = activation_dtype(x_BTND.device, model.to_logits.weight.dtype)
+    cache = model.transformer.empty_cache(b * n, model.cfg.max_frames, dtype, x_BTND.device)
+    return model.transformer.forward_cached(x_BTND, cache, commit=True)[1]
+
+
+def sample_next_frame_cached(
+    model: DynamicsModel,
+    cache: KVCache,
+    actions: ActionInputs,
+    cfg: SamplingConfig,
+    generator: torch.Generator,
+) -> Tensor:
+    """`sample_next_frame` for the frame after the `cache.length` cached frames: tokens (B, h, w).
+    `actions` are indexed from the window's first frame and hold A == cache.length."""
+    g, position = model.grid, cache.length
+    _check_action_count(actions, position, "one per cached frame, the last leads to the new one")
+    if position + 1 > model.cfg.max_frames:
+        raise ValueError(f"{position} cached frames leave no room within max_frames")
+
+    def logits(frame_BN: Tensor, masked_BN: Tensor) -> Tensor:
+        new_B1hw = rearrange(frame_BN, "b (h w) -> b 1 h w", h=g)
+        mask_B1hw = rearrange(masked_BN, "b (h w) -> b 1 h w", h=g)
+        x_B1ND = model.embed(new_B1hw, mask_B1hw, actions, start_frame=position)
+        hidden_B1ND = model.transformer.forward_cached(x_B1ND, cache, commit=False)[0]
+        return model.head(hidden_B1ND[:, 0]).float()
+
+    b = cache.storage.keys[0].shape[0] // (g * g)
+    device = cache.storage.keys[0].device
+    frame_BN = unmask_frame(logits, b, g * g, device, cfg, generator)
+    return rearrange(frame_BN, "b (h w) -> b h w", h=g)
+
+
+def commit_frame(
+    model: DynamicsModel, cache: KVCache, tokens_Bhw: Tensor, actions: ActionInputs
+) -> KVCache:
+    """`cache` extended by the final tokens (B, h, w) of its next frame."""
+    x_B1ND = model.embed(tokens_Bhw[:, None], None, actions, start_frame=cache.length)
+    return model.transformer.forward_cached(x_B1ND, cache, commit=True)[1]
+
+
 def unmask_frame(
     logits_fn: LogitsFn,
     b: int,
@@ -143,14 +191,15 @@ def rollout_tokens(
     cfg: SamplingConfig,
     generator: torch.Generator,
     hop: int | None = None,
+    kv_cache: bool = False,
 ) -> Tensor:
     """The prompt followed by `num_frames` sampled frames: (B, T_prompt + num_frames, h, w).
 
     `actions` hold A == T_prompt + num_frames - 1 actions (action i follows frame i). Frame k is
     sampled in the window of frames [start, k], re-based so that its first frame sits at temporal
     position 0 as a training clip's does; when frame k would not fit max_frames, start jumps by
-    `hop` frames (default max_frames // 2; `worldsim.nn.kv_cache.window_start`). The KV-cached
-    engine follows the same rule, so both produce the same tokens."""
+    `hop` frames (default max_frames // 2; `worldsim.nn.kv_cache.window_start`). `kv_cache`
+    keeps the window's keys/values (rebuilt once per jump); the engine follows the same rule."""
     if num_frames < 0:
         raise ValueError(f"num_frames must be >= 0, got {num_frames}")
     t_prompt = prompt_BThw.shape[1] if prompt_BThw.ndim == 4 else 0
@@ -161,12 +210,22 @@ def rollout_tokens(
     hop = max_frames // 2 if hop is None else hop
     check_hop(hop, max_frames)
     frames = list(prompt_BThw.unbind(dim=1))
+    cache, cache_start = None, -1
     for k in range(t_prompt, t_prompt + num_frames):
         start = window_start(k, max_frames, hop)
-        context_BThw = torch.stack(frames[start:k], dim=1)
-        frames.append(
-            sample_next_frame(model, context_BThw, actions.window(start, k), cfg, generator)
-        )
+        window = actions.window(start, k)
+        if not kv_cache:
+            context_BThw = torch.stack(frames[start:k], dim=1)
+            frames.append(sample_next_frame(model, context_BThw, window, cfg, generator))
+            continue
+        if cache is None or start != cache_start:
+            cache, cache_start = (
+                prefill_cache(model, torch.stack(frames[start:k], 1), window),
+                start,
+            )
+        frames.append(sample_next_frame_cached(model, cache, window, cfg, generator))
+        if k + 1 < t_prompt + num_frames:
+            cache = commit_frame(model, cache, frames[-1], window)
     return torch.stack(frames, dim=1)
 
 

@@ -99,10 +99,14 @@ class WorldSpec:
         except ValueError as err:
             problems.append(str(err))
         cfg, space = dynamics.cfg, self.action_space
-        if cfg.action_sources != [space.type]:
+        # The engine steers one source: the model's only one, or any one of a model trained to
+        # run on a subset of its sources (source_dropout).
+        alone = space.type in cfg.action_sources and cfg.source_dropout > 0
+        if cfg.action_sources != [space.type] and not alone:
             problems.append(
                 f"world.json steers {space.type!r} actions but the dynamics is conditioned on "
-                f"{cfg.action_sources}; the engine steers exactly one source"
+                f"{cfg.action_sources} (source_dropout={cfg.source_dropout}); the engine steers "
+                "exactly one source"
             )
         expected = cfg.num_latent_actions if space.type == "latent" else cfg.num_discrete_actions
         if space.n != expected:
@@ -172,3 +176,31 @@ def load_world(path: str | os.PathLike[str], device: Any = "cpu") -> World:
     dynamics.check_compatible(tokenizer, lam)
     spec.check(dynamics, lam)
     return World(tokenizer, dynamics, lam, spec)
+
+
+def pack_world_command(
+    tokenizer_path: str,
+    dynamics_path: str,
+    out: str,
+    lam_path: str | None = None,
+    steer: str | None = None,
+    action_names: list[str] | None = None,
+    steps: int | None = None,
+) -> int:
+    """`worldsim pack`: bundle trained parts into a world folder that the engine, `worldsim
+    rollout` and the app load. `steer` picks the action source players use (default: what
+    `WorldSpec.default_for` picks); `steps` the default MaskGIT steps per frame."""
+    tokenizer = VideoTokenizer.from_pretrained(tokenizer_path)
+    dynamics = DynamicsModel.from_pretrained(dynamics_path)
+    lam = None if lam_path is None else LatentActionModel.from_pretrained(lam_path)
+    spec = WorldSpec.default_for(dynamics)
+    if steer is not None:
+        cfg = dynamics.cfg
+        n = cfg.num_latent_actions if steer == "latent" else cfg.num_discrete_actions
+        spec.action_space = WorldActionSpace(steer, n)
+    spec.action_space.names = list(action_names or [])
+    if steps is not None:
+        spec.sampling = SamplingConfig(steps=steps)
+    path = save_world(out, tokenizer, dynamics, lam, spec)
+    print(f"world: {path}, steered by {spec.action_space.describe()}")
+    return 0

@@ -158,6 +158,28 @@ def _rollout(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+def _pack(args: argparse.Namespace) -> int:
+    from simulator.world_checkpoint import pack_world_command
+
+    names = args.action_names.split(",") if args.action_names else None
+    return pack_world_command(
+        args.tokenizer, args.dynamics, args.out, lam_path=args.lam, steer=args.steer,
+        action_names=names, steps=args.steps,
+    )  # fmt: skip
+
+
+def _add_pack(stages: Any) -> None:
+    pack = stages.add_parser("pack", help="bundle tokenizer, dynamics and LAM into a world folder")
+    pack.add_argument("--tokenizer", required=True, help="tokenizer save_pretrained folder")
+    pack.add_argument("--dynamics", required=True, help="dynamics save_pretrained folder")
+    pack.add_argument("--lam", default=None, help="latent action model folder (optional)")
+    pack.add_argument("--out", required=True, help="world folder to write")
+    pack.add_argument("--steer", choices=["latent", "discrete"], default=None)
+    pack.add_argument("--action-names", default=None, help='e.g. "LEFT,RIGHT,..." (discrete)')
+    pack.add_argument("--steps", type=int, default=None, help="default MaskGIT steps (4)")
+    pack.set_defaults(func=_pack)
+
+
 def _add_rollout(stages: Any) -> None:
     roll = stages.add_parser("rollout", help="play an action sequence in a world; write mp4/GIF")
     roll.add_argument("--checkpoint", required=True, help="world folder (save_world)")
@@ -253,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--out", default=None, help="JSON report (default CHECKPOINT/eval_SPLIT.json)")
     tok.set_defaults(func=_eval_tokenizer)
     _add_eval_world(evals)
+    _add_pack(stages)
     _add_rollout(stages)
     return parser
 

@@ -308,3 +308,26 @@ def test_model_overrides_reach_the_model() -> None:
     assert cfg.model_config().width == 48 and cfg.model_config().action_sources == ["discrete"]
     with pytest.raises(ValueError, match="num_heads"):
         DynamicsTrainConfig(preset="tiny", model={"width": 33}).model_config()
+
+
+def test_source_dropout_lets_a_source_be_left_out() -> None:
+    tokens, actions = clip_batch()
+    latent_only = dataclasses.replace(actions, discrete=None, continuous=None)
+    torch.manual_seed(0)
+    strict = DynamicsModel(tiny_config()).eval()
+    with pytest.raises(ValueError, match="discrete.*source_dropout=0"):
+        strict.logits(tokens, None, latent_only)
+    torch.manual_seed(0)
+    separable = DynamicsModel(tiny_config(source_dropout=0.5)).eval()
+    out = separable.logits(tokens, None, latent_only)
+    assert not torch.allclose(out, separable.logits(tokens, None, actions))
+    # In training a dropped source adds nothing: with a dropout near 1 every clip trains as if
+    # given no actions at all, i.e. on the frame-0 and zero action embeddings only.
+    torch.manual_seed(1)
+    nearly_all = DynamicsModel(tiny_config(source_dropout=0.999)).train()
+    none = ActionInputs()
+    assert torch.equal(
+        nearly_all.embed(tokens, None, actions), nearly_all.embed(tokens, None, none)
+    )
+    with pytest.raises(ValueError, match="source_dropout must be in"):
+        tiny_config(source_dropout=1.0)

@@ -34,6 +34,7 @@ from simulator.metrics import CurveMeter, delta_t_psnr, frame_psnr_per_frame
 from simulator.sampling import SamplingConfig
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
+from worldsim.nn.attention import set_query_by_query
 
 K, GRID, SIDE, NUM_ACTIONS = 11, 2, 4, 4  # levels (= codes), tokens per side, pixels, actions
 
@@ -50,6 +51,12 @@ class FakeTokenizer(nn.Module):
         pixels = tokens_BThw.float() / (K - 1) * 2 - 1
         up = repeat(pixels, "b t h w -> b t c (h p) (w q)", c=3, p=SIDE // 2, q=SIDE // 2)
         return up.contiguous()
+
+    def decode_start(self, tokens_BThw: Tensor) -> tuple[Tensor, None]:
+        return self.decode(tokens_BThw), None  # frames decode independently: no state
+
+    def decode_step(self, tokens_Bhw: Tensor, state: None) -> tuple[Tensor, None]:
+        return self.decode(tokens_Bhw[:, None])[:, 0], state
 
 
 class FakeLAM(nn.Module):
@@ -105,6 +112,7 @@ def fake_batch(b: int = 3, t: int = 16, seed: int = 0, with_actions: bool = True
 
 def run(dynamics: FakeDynamics, batches: list[Batch] | None = None, **cfg) -> WorldReport:
     cfg.setdefault("sampling", SamplingConfig(steps=2))
+    cfg.setdefault("kv_cache", False)  # the fakes compute logits without a transformer
     loader = batches if batches is not None else [fake_batch(seed=0), fake_batch(seed=1)]
     return evaluate_world(FakeTokenizer(), dynamics, FakeLAM(), loader, WorldEvalConfig(**cfg))
 
@@ -165,6 +173,31 @@ def test_true_action_dynamics_gets_true_and_random_curves() -> None:
         run(FakeDynamics("discrete"), [fake_batch(b=2, with_actions=False)], horizon=6)
 
 
+class SeparableFakeDynamics(FakeDynamics):
+    """A fake trained with source dropout on latent and true actions: it must be steered by one
+    source at a time."""
+
+    def __init__(self) -> None:
+        super().__init__("latent")
+        self.cfg.action_sources, self.cfg.source_dropout = ["latent", "discrete"], 0.5
+
+    def embed(self, tokens_BThw: Tensor, mask: Tensor, actions: ActionInputs) -> Tensor:
+        given = [s for s in ("latent", "discrete") if getattr(actions, s) is not None]
+        assert len(given) == 1, given
+        self.source = given[0]
+        return super().embed(tokens_BThw, mask, actions)
+
+
+def test_separable_dynamics_gets_latent_and_true_action_curves() -> None:
+    report = run(SeparableFakeDynamics(), horizon=6)
+    assert set(report.curves) == {
+        "tokenizer", "copy_last_frame", "lam_actions", "random_actions", "true_actions"
+    }  # fmt: skip
+    for steered in ("lam_actions", "true_actions"):
+        assert report.curves[steered] == pytest.approx(report.curves["tokenizer"], abs=1e-9)
+    assert report.delta_t_actions == "latent" and report.delta_t_psnr_db > 10
+
+
 def test_context_slides_past_max_frames() -> None:
     report = run(FakeDynamics("latent", max_frames=4), horizon=9)
     assert report.curves["lam_actions"] == pytest.approx(report.curves["tokenizer"], abs=1e-9)
@@ -204,7 +237,7 @@ def test_action_sheet_shows_each_action_repeated(tmp_path: Path) -> None:
     batch = fake_batch(b=2, t=5)
     path = write_action_sheet(
         FakeTokenizer(), FakeDynamics(), FakeLAM(), batch.frames, tmp_path / "sheet.png",
-        steps=4, sampling=SamplingConfig(steps=2), usage=[1, 0, 3, 0],
+        steps=4, sampling=SamplingConfig(steps=2), usage=[1, 0, 3, 0], kv_cache=False,
     )  # fmt: skip
     cell = SIDE + 4  # a 2-pixel white border around every cell
     sheet = np.asarray(Image.open(path))
@@ -252,3 +285,29 @@ def test_command_with_real_tiny_models(tmp_path: Path) -> None:
     assert Image.open(out / "psnr_vs_horizon.png").size == (720, 420)
     lam_actions = dynamics_preset("tiny").num_latent_actions
     assert Image.open(out / "latent_actions.png").size == ((1 + lam_actions) * 20, 3 * 20)
+
+
+def test_cached_evaluation_matches_the_reference() -> None:
+    torch.manual_seed(0)
+    tokenizer = VideoTokenizer(tokenizer_preset("tiny"))
+    lam = LatentActionModel(lam_preset("tiny"))
+    dynamics = DynamicsModel(dynamics_preset("tiny"))  # window jumps: test_sampling covers them
+    for model in (tokenizer, dynamics):
+        set_query_by_query(model)
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(rng.uniform(-1, 1, (2, 8, 3, 16, 16)).astype(np.float32))
+    actions, mask = torch.zeros(2, 8, dtype=torch.long), torch.ones(2, dtype=torch.bool)
+    batch = Batch(frames, actions, mask, ["a", "b"])
+    reports = [
+        evaluate_world(
+            tokenizer,
+            dynamics,
+            lam,
+            [batch],
+            WorldEvalConfig(horizon=7, delta_t=2, sampling=SamplingConfig(steps=2), kv_cache=c),
+        )  # fmt: skip
+        for c in (False, True)
+    ]
+    assert reports[0].curves == pytest.approx(reports[1].curves, abs=1e-4)
+    assert reports[0].next_frame_psnr_db == pytest.approx(reports[1].next_frame_psnr_db, abs=1e-4)
+    assert reports[0].delta_t_psnr_db == pytest.approx(reports[1].delta_t_psnr_db, abs=1e-4)

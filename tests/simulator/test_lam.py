@@ -64,7 +64,7 @@ def test_shapes_and_metrics(frames: torch.Tensor) -> None:
     assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.recon.shape == pred.shape
     shares = [float(out.metrics[f"action_share_{i}"]) for i in range(4)]
     assert sum(shares) == pytest.approx(1.0)
-    assert {"mse", "psnr", "copy_psnr", "usage", "perplexity", "active_actions"} <= set(out.metrics)
+    assert {"mse", "copy_mse", "psnr", "copy_psnr", "usage", "active_actions"} <= set(out.metrics)
     # The loss decodes with the codes of the ids `encode` returns.
     assert torch.allclose(out.recon.clamp(-1, 1), pred, atol=1e-5)
 

@@ -15,6 +15,7 @@ from simulator.sampling import (
     rollout_tokens,
     sample_next_frame,
 )
+from worldsim.nn.attention import set_query_by_query
 
 B, G, CODES, LATENT = 2, 4, 125, 4
 N = G * G
@@ -119,6 +120,20 @@ def test_rollout_past_max_frames_slides_a_window(model: DynamicsModel) -> None:
         model, tokens[:, :1], actions, 12, SamplingConfig(steps=2), torch.Generator()
     )
     assert rolled.shape == (B, 13, G, G) and rolled.min() >= 1
+
+
+@pytest.mark.parametrize("hop", [1, 4])
+def test_cached_rollout_gives_the_uncached_tokens(model: DynamicsModel, hop: int) -> None:
+    set_query_by_query(model)  # the uncached path attends query by query, as the cache does
+    tokens, actions = context(14)  # max_frames 8: the window jumps, the cache is rebuilt
+    cfg = SamplingConfig(steps=3)
+    rolled = [
+        rollout_tokens(
+            model, tokens[:, :2], actions, 13, cfg, torch.Generator().manual_seed(3), hop, cached
+        )
+        for cached in (False, True)
+    ]
+    assert torch.equal(rolled[0], rolled[1])
 
 
 def test_bad_options_and_inputs_are_named(model: DynamicsModel) -> None:

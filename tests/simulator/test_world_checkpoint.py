@@ -26,6 +26,7 @@ from simulator.world_checkpoint import (
 )
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
+from worldsim.cli import main
 
 DISCRETE = WorldSpec(
     WorldActionSpace("discrete", 3, ["noop", "left", "right"]), SamplingConfig(steps=2), hop=3
@@ -149,3 +150,40 @@ def test_rollout_from_a_shard_sample_uses_its_true_actions(world: str, tmp_path,
     assert "last 5 frames with their actions" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no clip 'other'.*clip-000000"):
         rollout_command(world, f"{shard}#other", "1", str(tmp_path / "s.gif"))
+
+
+def test_a_model_trained_with_source_dropout_is_steered_by_either_source(tmp_path) -> None:
+    both = {"action_sources": ["latent", "discrete"], "num_discrete_actions": 3}
+    tokenizer, strict = models(**both)
+    with pytest.raises(ValueError, match=r"\['latent', 'discrete'\] \(source_dropout=0.0\)"):
+        save_world(tmp_path / "strict", tokenizer, strict, spec=DISCRETE)
+    tokenizer, dynamics = models(**both, source_dropout=0.5)
+    for name, spec in {
+        "true": DISCRETE,
+        "latent": WorldSpec(WorldActionSpace("latent", 4)),
+    }.items():
+        engine = WorldSimulator.from_pretrained(
+            save_world(tmp_path / name, tokenizer, dynamics, spec=spec)
+        )
+        frame, _ = engine.step(engine.reset(torch.zeros(1, 3, 16, 16)), 1)
+        assert frame.shape == (1, 3, 16, 16)
+
+
+def test_pack_command_bundles_parts_the_rollout_command_plays(tmp_path, capsys) -> None:
+    tokenizer, dynamics = models(action_sources=["discrete"], num_discrete_actions=3)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    dynamics.save_pretrained(tmp_path / "dyn")
+    world = tmp_path / "world"
+    args = ["pack", "--tokenizer", str(tmp_path / "tok"), "--dynamics", str(tmp_path / "dyn")]
+    assert (
+        main([*args, "--out", str(world), "--action-names", "noop,left,right", "--steps", "2"]) == 0
+    )
+    assert "steered by 3 discrete actions" in capsys.readouterr().out
+    spec = load_world(world).spec
+    assert spec.action_space.names == ["noop", "left", "right"] and spec.sampling.steps == 2
+    image = tmp_path / "start.png"
+    Image.fromarray(np.full((16, 16, 3), 90, dtype=np.uint8)).save(image)
+    assert main(["rollout", "--checkpoint", str(world), "--prompt", str(image), "--actions",
+                 "left,right", "--out", str(tmp_path / "r.gif")]) == 0  # fmt: skip
+    assert main([*args, "--out", str(world), "--steer", "latent"]) == 2  # named refusal
+    assert "steers 'latent' actions" in capsys.readouterr().err
