@@ -357,6 +357,22 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, out
 
 
+def test_init_from_starts_a_fresh_run_from_saved_weights(tmp_path: Path) -> None:
+    first = train(ToyTask(noisy=False), toy_config(tmp_path / "a", steps=6))
+    tuned = toy_config(tmp_path / "b", steps=2, init_from=str(first.final_dir))
+    second = train(ToyTask(noisy=False), tuned)
+    # Its first loss is the first run's final model on the first batch (drawn from the seed).
+    batch = next(iter(ToyData(8, 0, 1, seed=3)))
+    start = ToyTask(noisy=False).loss(ToyModel.from_pretrained(first.final_dir), batch)
+    assert second.losses[0] == pytest.approx(float(start.loss), rel=1e-5)
+    assert second.losses[0] < 0.8 * first.losses[0]
+    with pytest.raises(FileNotFoundError, match="no save_pretrained folder"):
+        train(ToyTask(), toy_config(tmp_path / "d", init_from=str(tmp_path / "none")))
+    ToyModel(dim=3).save_pretrained(tmp_path / "small")
+    with pytest.raises(ValueError, match=r"linear.weight is \(3, 3\), the model's \(4, 4\)"):
+        train(ToyTask(), toy_config(tmp_path / "e", init_from=str(tmp_path / "small")))
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_and_resume_exactly(tmp_path: Path) -> None:
     single = train(ToyTask(noisy=False), toy_config(tmp_path / "one", steps=8, checkpoint_every=3))

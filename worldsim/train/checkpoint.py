@@ -105,6 +105,27 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> Restored:
     return Restored(path=path, step=int(state["step"]), process_state=process_state)
 
 
+def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
+    """Copy into `model` the weights of the save_pretrained folder `path` (same class, same
+    shapes): ValueError naming the first mismatches otherwise."""
+    src = Path(path)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"init_from: no save_pretrained folder (config.json) at {src}")
+    source = type(model).from_pretrained(src)  # type: ignore[attr-defined]
+    theirs, ours = source.state_dict(), model.state_dict()
+    problems = [f"{k} missing" for k in ours.keys() - theirs.keys()]
+    problems += [f"{k} unexpected" for k in theirs.keys() - ours.keys()]
+    problems += [
+        f"{k} is {tuple(theirs[k].shape)}, the model's {tuple(v.shape)}"
+        for k, v in ours.items()
+        if k in theirs and theirs[k].shape != v.shape
+    ]
+    if problems:
+        listed = "; ".join(sorted(problems)[:5])
+        raise ValueError(f"init_from {src} does not fit the model: {listed}")
+    model.load_state_dict(theirs)
+
+
 def export_pretrained(model: Pretrained, dst: Path) -> Path:
     """`save_pretrained` into `dst`, replacing an older export only once the new one is complete."""
     tmp = dst.with_name(dst.name + ".tmp")

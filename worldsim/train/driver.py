@@ -34,6 +34,7 @@ from worldsim.train.checkpoint import (
     export_pretrained,
     latest_checkpoint,
     load_checkpoint,
+    load_weights,
     save_checkpoint,
 )
 from worldsim.train.monitor import RunLog
@@ -62,6 +63,9 @@ class TrainConfig:
     seed: int = 0
     time_budget_min: float | None = None  # stop (and save) after this many minutes of this run
     resume: bool = True  # continue from the newest checkpoint in out_dir if there is one
+    # A save_pretrained folder of the same model whose weights start a fresh run (fine-tuning);
+    # a run that resumes from its own checkpoint restores those weights instead.
+    init_from: str | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming every nonsense option."""
@@ -195,6 +199,8 @@ class _Run:
         if not hasattr(model, "save_pretrained"):
             raise ValueError(f"{type(model).__name__} has no save_pretrained (use ModelMixin)")
         self.inner: Pretrained = model  # type: ignore[assignment]
+        if cfg.init_from:
+            load_weights(model, cfg.init_from)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg))
         self.model, self.optimizer, self.scheduler = accelerator.prepare(
