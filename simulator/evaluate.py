@@ -37,7 +37,13 @@ from simulator.eval_actions import (
 )
 from simulator.eval_figures import write_action_sheet, write_psnr_plot
 from simulator.lam import LatentActionModel
-from simulator.metrics import CurveMeter, delta_t_psnr, frame_psnr_per_frame
+from simulator.metrics import (
+    CurveMeter,
+    delta_t_psnr,
+    entropy_bits,
+    frame_psnr_per_frame,
+    mutual_information_bits,
+)
 from simulator.sampling import (
     SamplingConfig,
     commit_frame,
@@ -90,6 +96,10 @@ class WorldReport:
     delta_t_actions: str | None  # "latent" (Genie: LAM vs uniform) or "discrete" (true vs uniform)
     num_latent_actions: int
     latent_action_counts: list[int]  # LAM codes over every transition of the evaluated clips
+    # What latent actions say about the clips' true discrete actions (None without them):
+    # I(latent; true) in bits, and H(true), its ceiling.
+    latent_true_mutual_info_bits: float | None = None
+    true_action_entropy_bits: float | None = None
     tokenizer: str = ""
     lam: str = ""
     dynamics: str = ""
@@ -128,6 +138,11 @@ class WorldReport:
             lines.append(
                 f"  ΔtPSNR (t={self.delta_t}, {self.delta_t_actions} actions vs uniformly "
                 f"random): {self.delta_t_psnr_db:+.2f} dB"
+            )
+        if self.latent_true_mutual_info_bits is not None:
+            lines.append(
+                f"  latent actions carry {self.latent_true_mutual_info_bits:.2f} bits about the "
+                f"true actions (whose entropy is {self.true_action_entropy_bits:.2f} bits)"
             )
         total = max(1, sum(self.latent_action_counts))
         use = ", ".join(f"{a}: {n / total:.0%}" for a, n in enumerate(self.latent_action_counts))
@@ -213,6 +228,7 @@ def evaluate_world(
     cond = Conditioning.of(dynamics)
     meters = _Meters()
     counts = torch.zeros(lam.num_actions, dtype=torch.int64)
+    pairs: list[Tensor] = []  # (N, 2) (latent id, true discrete id) of transitions
     for i, batch in enumerate(tqdm(loader, desc="eval world", unit="batch")):
         if cfg.max_batches is not None and i >= cfg.max_batches:
             break
@@ -220,12 +236,16 @@ def evaluate_world(
         frames = batch.frames[:, : cfg.horizon + 1].to(cfg.device)  # (B, H+1, C, H, W)
         latent = lam.encode(frames)  # (B, H)
         counts += torch.bincount(latent.flatten().cpu(), minlength=lam.num_actions)
+        if bool(batch.action_mask.all()) and not batch.actions.is_floating_point():
+            true = batch.actions[:, : cfg.horizon].to(latent.device)
+            pairs.append(torch.stack([latent.flatten(), true.flatten()], dim=1).cpu())
         draw = generator_for(cfg.seed, i, "cpu", ACTION_DRAW)
         sources = action_sources(cond, batch, latent, cfg.horizon, draw)
         _score_batch(tokenizer, dynamics, frames, sources, cfg, i, meters)
     if meters.next_frame.clips == 0:
         raise ValueError("evaluation data yielded no clips")
     kind = "latent" if cond.latent is not None else "discrete"
+    info = _action_information(pairs)
     return WorldReport(
         clips=meters.next_frame.clips,
         horizon=cfg.horizon,
@@ -241,7 +261,19 @@ def evaluate_world(
         delta_t_actions=kind if meters.delta.clips else None,
         num_latent_actions=lam.num_actions,
         latent_action_counts=counts.tolist(),
+        latent_true_mutual_info_bits=info[0] if info else None,
+        true_action_entropy_bits=info[1] if info else None,
     )
+
+
+def _action_information(pairs: list[Tensor]) -> tuple[float, float] | None:
+    """(I(latent; true), H(true)) in bits from (latent id, true id) pairs; None without any."""
+    if not pairs:
+        return None
+    both = torch.cat(pairs)
+    joint = torch.zeros(int(both[:, 0].max()) + 1, int(both[:, 1].max()) + 1, dtype=torch.int64)
+    joint.index_put_((both[:, 0], both[:, 1]), torch.ones(len(both), dtype=torch.int64), True)
+    return mutual_information_bits(joint), entropy_bits(joint.sum(0))
 
 
 def _score_batch(

@@ -1,5 +1,5 @@
-"""Pure world-model metrics on pixel clips in [-1, 1]: per-frame PSNR, Genie's ΔtPSNR, and the
-mean-over-clips PSNR-vs-horizon curve.
+"""Pure world-model metrics on pixel clips in [-1, 1]: per-frame PSNR, Genie's ΔtPSNR, the
+mean-over-clips PSNR-vs-horizon curve, and how much latent actions say about true ones.
 
 Conventions follow `tokenizer.model.frame_psnr`: predictions are clamped to [-1, 1], the peak-to-
 peak range is 2 (so PSNR = 10 log10(4 / MSE)), MSE is over C, H, W of one frame, and averages are
@@ -71,3 +71,18 @@ class CurveMeter:
         if self._sum is None or self.clips == 0:
             raise ValueError("no clips were added to the curve")
         return (self._sum / self.clips).tolist()
+
+
+def entropy_bits(counts: Tensor) -> float:
+    """Shannon entropy (bits) of the distribution proportional to non-negative `counts`."""
+    p = counts.double().flatten()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log2()).sum()) if p.numel() else 0.0
+
+
+def mutual_information_bits(joint_AK: Tensor) -> float:
+    """I(A; K) in bits from a contingency table of counts (rows: one variable's values, columns:
+    the other's): H(A) + H(K) - H(A, K). 0 when independent; at most min(H(A), H(K))."""
+    if joint_AK.ndim != 2:
+        raise ValueError(f"expected a 2-D table of counts, got shape {tuple(joint_AK.shape)}")
+    return entropy_bits(joint_AK.sum(1)) + entropy_bits(joint_AK.sum(0)) - entropy_bits(joint_AK)

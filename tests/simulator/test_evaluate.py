@@ -30,7 +30,13 @@ from simulator.eval_figures import write_action_sheet, write_psnr_plot
 from simulator.evaluate import WorldEvalConfig, WorldReport, eval_world_command, evaluate_world
 from simulator.lam import LatentActionModel
 from simulator.lam_config import lam_preset
-from simulator.metrics import CurveMeter, delta_t_psnr, frame_psnr_per_frame
+from simulator.metrics import (
+    CurveMeter,
+    delta_t_psnr,
+    entropy_bits,
+    frame_psnr_per_frame,
+    mutual_information_bits,
+)
 from simulator.sampling import SamplingConfig
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
@@ -137,6 +143,14 @@ def test_delta_t_psnr_by_hand() -> None:
         delta_t_psnr(real[:, :4], inferred[:, :4], random[:, :4], t=4)
 
 
+def test_mutual_information_by_hand() -> None:
+    # Two latent actions, four true ones: the latent action names the pair {0, 1} or {2, 3}.
+    joint = torch.tensor([[5, 5, 0, 0], [0, 0, 5, 5]])
+    assert entropy_bits(joint.sum(0)) == pytest.approx(2.0)
+    assert mutual_information_bits(joint) == pytest.approx(1.0)  # one of the two bits
+    assert mutual_information_bits(torch.full((3, 4), 7)) == pytest.approx(0.0, abs=1e-12)
+
+
 def test_curve_meter_averages_over_clips() -> None:
     meter = CurveMeter()
     meter.add(torch.tensor([[10.0, 20.0], [20.0, 30.0]]))
@@ -161,6 +175,9 @@ def test_perfect_latent_dynamics_scores_the_tokenizer_ceiling() -> None:
     assert report.delta_t_psnr_db == pytest.approx(expected, abs=1e-4) and expected > 10
     assert report.delta_t_actions == "latent" and report.conditioning == ["latent"]
     assert sum(report.latent_action_counts) == 6 * 8 and len(report.latent_action_counts) == 4
+    # The fake LAM reads the true actions exactly, so it carries all of their information.
+    assert report.true_action_entropy_bits is not None and report.true_action_entropy_bits > 1.5
+    assert report.latent_true_mutual_info_bits == pytest.approx(report.true_action_entropy_bits)
     assert report.warnings() == {}
 
 
