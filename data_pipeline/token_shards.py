@@ -33,15 +33,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from data_pipeline.loader import (
+from data_pipeline.manifest import MANIFEST, file_sha256
+from data_pipeline.schema import ACTIONS, META
+from data_pipeline.shard_source import URL_PREFIXES, iter_shard_samples, log_bad_shard
+from data_pipeline.streaming import (
     LoaderConfig,
     SampleFormat,
     StreamingLoader,
     collate_actions,
 )
-from data_pipeline.manifest import MANIFEST, file_sha256
-from data_pipeline.schema import ACTIONS, META
-from data_pipeline.shard_source import URL_PREFIXES, iter_shard_samples, log_bad_shard
 
 TOKENS = "tokens.npy"
 LATENT_ACTIONS = "latent_actions.npy"
