@@ -7,24 +7,19 @@ from pathlib import Path
 
 import torch
 
-from data_pipeline.config import ShardConfig
 from data_pipeline.loader import LoaderConfig, ShardLoader
-from data_pipeline.shard_job import run_shard_job
 from simulator.dynamics import DynamicsModel
 from simulator.evaluate import WorldEvalConfig, evaluate_world
 from simulator.lam import LatentActionModel
 from simulator.sampling import SamplingConfig
+from tests.tokenizer.test_released_checkpoint import record_heldout_coinrun
 from tokenizer.model import VideoTokenizer
 
 RELEASED = Path(__file__).parents[2] / "checkpoints"
 
 
 def test_released_world_model_is_steered_by_latent_actions(tmp_path: Path) -> None:
-    cfg = ShardConfig(
-        sources=["procgen:coinrun"], out=str(tmp_path), split="test", size=64, frames=16,
-        stride=16, episodes=2, level_start=200_000, max_steps=64, workers=1,
-    )  # fmt: skip
-    run_shard_job(cfg)
+    record_heldout_coinrun(tmp_path)
     tokenizer = VideoTokenizer.from_pretrained(RELEASED / "tokenizer_coinrun")
     lam = LatentActionModel.from_pretrained(RELEASED / "lam_coinrun")
     dynamics = DynamicsModel.from_pretrained(RELEASED / "dynamics_coinrun")

@@ -16,12 +16,17 @@ from tokenizer.model import VideoTokenizer
 RELEASED = Path(__file__).parents[2] / "checkpoints" / "tokenizer_coinrun"
 
 
-def test_released_coinrun_tokenizer_reconstructs_heldout_levels(tmp_path: Path) -> None:
+def record_heldout_coinrun(folder: Path) -> None:
+    """Two fresh CoinRun episodes on levels no training run saw: 8 test clips of 16 frames."""
     cfg = ShardConfig(
-        sources=["procgen:coinrun"], out=str(tmp_path), split="test", size=64, frames=16,
+        sources=["procgen:coinrun"], out=str(folder), split="test", size=64, frames=16,
         stride=16, episodes=2, level_start=200_000, max_steps=64, workers=1,
     )  # fmt: skip
     run_shard_job(cfg)
+
+
+def test_released_coinrun_tokenizer_reconstructs_heldout_levels(tmp_path: Path) -> None:
+    record_heldout_coinrun(tmp_path)
     model = VideoTokenizer.from_pretrained(RELEASED)
     loader = ShardLoader(
         LoaderConfig(shards=str(tmp_path), split="test", batch_size=4, shuffle=False,
