@@ -1,7 +1,8 @@
 """Held-out quality of a trained tokenizer: PSNR, SSIM, codebook usage, bits per frame, and a
 bicubic down-and-up-sample that spends the same bits per frame as the baseline to beat.
 
-`worldsim eval tokenizer --checkpoint DIR --shards DATA --split test` writes the JSON report.
+`worldsim eval tokenizer --checkpoint DIR --shards DATA --split test` writes the JSON report and a
+PNG that shows original, tokenizer and bicubic frames of the first clips one above the other.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from data_pipeline.loader import ShardLoader
 from tokenizer.model import VideoTokenizer, frame_psnr
+from worldsim.train import to_uint8_clips, write_grid_png
 
 
 @dataclass
@@ -121,6 +123,21 @@ def evaluate_tokenizer(
         bicubic_psnr_db=sums["bicubic_psnr"] / frames_seen,
         bicubic_ssim=sums["bicubic_ssim"] / frames_seen,
     )
+
+
+@torch.no_grad()
+def write_comparison_grid(
+    model: VideoTokenizer, loader: ShardLoader, path: str | Path, clips: int = 4
+) -> Path:
+    """Rows of original, tokenizer and same-bits bicubic frames for the loader's first clips."""
+    model.eval()
+    frames = next(iter(loader)).frames[:clips]  # (B, T, C, H, W)
+    recon = model.decode(model.encode(frames))
+    flat = rearrange(frames, "b t c h w -> (b t) c h w")
+    bicubic = bicubic_roundtrip(flat, bicubic_side(model.cfg.bits_per_frame))
+    bicubic = rearrange(bicubic, "(b t) c h w -> b t c h w", b=frames.shape[0])
+    rows = rearrange(torch.stack([frames, recon, bicubic], 1), "b k t c h w -> (b k) t c h w")
+    return write_grid_png(list(to_uint8_clips(rows)), path)
 
 
 def write_report(report: TokenizerReport, path: str | Path) -> Path:

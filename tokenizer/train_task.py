@@ -24,29 +24,64 @@ from worldsim.train import TrainConfig, to_uint8_clips, write_grid_png, write_si
 class AugmentConfig:
     """Per-clip augmentations of training clips (never of evaluation clips). With few real clips,
     colours and layouts absent from training come out as the textures of the nearest codes: a
-    flat grey road decoded at 19.5 dB where a bicubic thumbnail scores 35 dB."""
+    flat grey road decoded at 19.5 dB where a bicubic thumbnail scores 35 dB, and low-contrast
+    grey or dark clips decoded with a blue tint. Photometric jitter shows the model such clips.
+    Each jitter factor is drawn per clip, uniformly from its [low, high] range."""
 
     grayscale_prob: float = 0.0  # share of clips shown in grey (ITU-R BT.601 luma)
     hflip_prob: float = 0.0  # share of clips mirrored left-right
+    jitter_prob: float = 0.0  # share of clips that get the three jitters below
+    saturation: list[float] = field(default_factory=lambda: [1.0, 1.0])  # 0 grey, 1 unchanged
+    contrast: list[float] = field(default_factory=lambda: [1.0, 1.0])  # scale about clip mean
+    brightness: list[float] = field(default_factory=lambda: [0.0, 0.0])  # added, pixels in [-1, 1]
 
     def validate(self) -> None:
-        for name in ("grayscale_prob", "hflip_prob"):
+        for name in ("grayscale_prob", "hflip_prob", "jitter_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("saturation", "contrast", "brightness"):
+            value = getattr(self, name)
+            if len(value) != 2 or value[0] > value[1]:
+                raise ValueError(f"augment.{name} must be a [low, high] range, got {value}")
+        if self.saturation[0] < 0 or self.contrast[0] < 0:
+            raise ValueError("augment.saturation and augment.contrast must be >= 0")
 
     def apply(self, frames_BTCHW: torch.Tensor) -> torch.Tensor:
         b = frames_BTCHW.shape[0]
         if self.grayscale_prob > 0 and frames_BTCHW.shape[2] == 3:
-            weights = frames_BTCHW.new_tensor([0.299, 0.587, 0.114]).view(1, 1, 3, 1, 1)
-            grey = (frames_BTCHW * weights).sum(2, keepdim=True).expand_as(frames_BTCHW)
-            pick = torch.rand(b, device=frames_BTCHW.device) < self.grayscale_prob
-            frames_BTCHW = torch.where(pick.view(b, 1, 1, 1, 1), grey, frames_BTCHW)
+            pick = self._pick(b, self.grayscale_prob, frames_BTCHW.device)
+            frames_BTCHW = torch.where(pick, _luma(frames_BTCHW), frames_BTCHW)
+        if self.jitter_prob > 0:
+            pick = self._pick(b, self.jitter_prob, frames_BTCHW.device)
+            frames_BTCHW = torch.where(pick, self._jitter(frames_BTCHW), frames_BTCHW)
         if self.hflip_prob > 0:
-            pick = torch.rand(b, device=frames_BTCHW.device) < self.hflip_prob
-            frames_BTCHW = torch.where(
-                pick.view(b, 1, 1, 1, 1), frames_BTCHW.flip(-1), frames_BTCHW
-            )
+            pick = self._pick(b, self.hflip_prob, frames_BTCHW.device)
+            frames_BTCHW = torch.where(pick, frames_BTCHW.flip(-1), frames_BTCHW)
         return frames_BTCHW
+
+    @staticmethod
+    def _pick(b: int, prob: float, device: torch.device) -> torch.Tensor:
+        """(B, 1, 1, 1, 1) bools, True for about `prob` of the clips."""
+        return (torch.rand(b, device=device) < prob).view(b, 1, 1, 1, 1)
+
+    def _jitter(self, frames_BTCHW: torch.Tensor) -> torch.Tensor:
+        def draw(bounds: list[float]) -> torch.Tensor:
+            low, high = bounds
+            u = torch.rand(frames_BTCHW.shape[0], 1, 1, 1, 1, device=frames_BTCHW.device)
+            return low + (high - low) * u
+
+        out = frames_BTCHW
+        if out.shape[2] == 3:
+            out = torch.lerp(_luma(out), out, draw(self.saturation))
+        mean = out.mean(dim=(1, 2, 3, 4), keepdim=True)
+        out = mean + (out - mean) * draw(self.contrast) + draw(self.brightness)
+        return out.clamp(-1, 1)
+
+
+def _luma(frames_BTCHW: torch.Tensor) -> torch.Tensor:
+    """RGB clips in grey (ITU-R BT.601 luma), still with 3 channels."""
+    weights = frames_BTCHW.new_tensor([0.299, 0.587, 0.114]).view(1, 1, 3, 1, 1)
+    return (frames_BTCHW * weights).sum(2, keepdim=True).expand_as(frames_BTCHW)
 
 
 @dataclass

@@ -116,7 +116,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval_tokenizer(args: argparse.Namespace) -> int:
     from data_pipeline.loader import LoaderConfig, ShardLoader
-    from tokenizer.evaluate import evaluate_tokenizer, write_report
+    from tokenizer.evaluate import evaluate_tokenizer, write_comparison_grid, write_report
     from tokenizer.model import VideoTokenizer
 
     model = VideoTokenizer.from_pretrained(args.checkpoint)
@@ -124,11 +124,14 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
         shards=args.shards, split=args.split, batch_size=args.batch_size, shuffle=False,
         num_workers=0,
     )  # fmt: skip
-    report = evaluate_tokenizer(model, ShardLoader(data, rank=0, world_size=1), args.max_batches)
+    loader = ShardLoader(data, rank=0, world_size=1)
+    report = evaluate_tokenizer(model, loader, args.max_batches)
     report.checkpoint, report.shards, report.split = args.checkpoint, args.shards, args.split
-    out = args.out or str(Path(args.checkpoint) / f"eval_{args.split}.json")
+    out = Path(args.out or Path(args.checkpoint) / f"eval_{args.split}.json")
     print(report.render())
     print(f"report: {write_report(report, out)}")
+    grid = write_comparison_grid(model, loader, out.with_suffix(".png"))
+    print(f"original / tokenizer / bicubic rows: {grid}")
     return 0
 
 

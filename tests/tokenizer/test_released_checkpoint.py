@@ -1,19 +1,22 @@
-"""The CoinRun tokenizer shipped in checkpoints/ still loads and still reconstructs held-out
-CoinRun levels well: a regression test of the released weights, not of training."""
+"""The tokenizers shipped in checkpoints/ still load and still reconstruct well: held-out CoinRun
+levels, and a synthetic grey road for the real-video one. Regression tests of the released
+weights, not of training."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from data_pipeline.config import ShardConfig
 from data_pipeline.loader import LoaderConfig, ShardLoader
 from data_pipeline.shard_job import run_shard_job
-from tokenizer.evaluate import evaluate_tokenizer
-from tokenizer.model import VideoTokenizer
+from tokenizer.evaluate import bicubic_roundtrip, bicubic_side, evaluate_tokenizer
+from tokenizer.model import VideoTokenizer, frame_psnr
 
 RELEASED = Path(__file__).parents[2] / "checkpoints" / "tokenizer_coinrun"
+RELEASED_REAL = Path(__file__).parents[2] / "checkpoints" / "tokenizer_real"
 
 
 def record_heldout_coinrun(folder: Path) -> None:
@@ -40,5 +43,33 @@ def test_released_coinrun_tokenizer_reconstructs_heldout_levels(tmp_path: Path) 
     assert report.num_codes == 1000
 
 
-def test_released_checkpoint_is_safetensors_only() -> None:
-    assert not list(RELEASED.glob("*.bin")) and list(RELEASED.glob("*.safetensors"))
+def grey_road_clip(frames: int = 8) -> torch.Tensor:
+    """(1, T, 3, 64, 64): faint low-frequency texture on mid-grey asphalt, a white car driving
+    down; the overhead-road clips' content, which earlier real-video tokenizers tinted."""
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 1, 8, 8, generator=g)
+    asphalt = -0.1 + 0.06 * F.interpolate(noise, size=(64, 64), mode="bicubic")
+    clip = asphalt.expand(frames, 3, 64, 64).clone()
+    for t in range(frames):
+        clip[t, :, 4 + 6 * t : 18 + 6 * t, 26:36] = 0.85
+    return clip.clamp(-1, 1)[None]
+
+
+def test_released_real_tokenizer_keeps_grey_road_grey() -> None:
+    model = VideoTokenizer.from_pretrained(RELEASED_REAL).eval()
+    clip = grey_road_clip()
+    with torch.no_grad():
+        recon = model.decode(model.encode(clip))
+    bicubic = bicubic_roundtrip(clip[0], bicubic_side(model.cfg.bits_per_frame))
+    # Released: 32.0 dB vs bicubic 27.6; the run before the fix scored 27.5 with a blue tint.
+    assert (
+        frame_psnr(recon[0][:, None], clip[0][:, None])
+        > frame_psnr(bicubic[:, None], clip[0][:, None]) + 2
+    )
+    blue_minus_red = (recon[0, :, 2] - recon[0, :, 0]).abs().mean()
+    assert blue_minus_red < 0.05  # released 0.022; tinted runs 0.11 to 0.13
+
+
+def test_released_checkpoints_are_safetensors_only() -> None:
+    for folder in (RELEASED, RELEASED_REAL):
+        assert not list(folder.glob("*.bin")) and list(folder.glob("*.safetensors"))

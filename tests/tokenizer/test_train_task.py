@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from data_pipeline.config import ShardConfig
 from data_pipeline.loader import LoaderConfig, ShardLoader
@@ -69,6 +70,8 @@ def test_eval_writes_a_report_and_bicubic_matches_bits(tiny_shards: Path, tmp_pa
     assert report["bicubic_side"] == 2
     assert bicubic_side(24 * 16 * 16) == 16 and bicubic_side(24 * 16 * 16 - 1) == 15
     assert math.isfinite(report["psnr_db"]) and -1 <= report["ssim"] <= 1
+    grid = Image.open(out.with_suffix(".png"))  # 4 clips x (original, tokenizer, bicubic) rows
+    assert grid.size == (8 * (16 + 4), 12 * (16 + 4))
 
 
 def test_bad_override_names_the_key(tiny_shards: Path, tmp_path: Path, capsys) -> None:
@@ -99,3 +102,22 @@ def test_augment_greys_and_mirrors_whole_clips() -> None:
     assert torch.equal(AugmentConfig().apply(frames), frames)
     with pytest.raises(ValueError, match="augment.hflip_prob must be in"):
         AugmentConfig(hflip_prob=1.5).validate()
+
+
+def test_jitter_spans_its_ranges_per_clip() -> None:
+    torch.manual_seed(0)
+    frames = torch.rand(256, 2, 3, 4, 4) * 1.6 - 0.8
+    grey = AugmentConfig(jitter_prob=1.0, saturation=[0.0, 0.0]).apply(frames)
+    assert torch.allclose(grey[:, :, 0], grey[:, :, 2])
+    flat = AugmentConfig(jitter_prob=1.0, contrast=[0.0, 0.0]).apply(frames)
+    assert torch.allclose(flat, frames.mean(dim=(1, 2, 3, 4), keepdim=True).expand_as(flat))
+    shifted = AugmentConfig(jitter_prob=1.0, brightness=[-0.1, 0.1]).apply(frames) - frames
+    per_clip = shifted.flatten(1)
+    assert torch.allclose(per_clip, per_clip[:, :1].expand_as(per_clip), atol=1e-6)
+    assert per_clip[:, 0].min() < -0.09 and per_clip[:, 0].max() > 0.09
+    assert per_clip.abs().max() <= 0.1 + 1e-6
+    half = AugmentConfig(jitter_prob=0.5, brightness=[0.05, 0.05]).apply(frames)
+    changed = (half != frames).flatten(1).any(1)
+    assert 96 < int(changed.sum()) < 160
+    with pytest.raises(ValueError, match=r"augment.contrast must be a \[low, high\] range"):
+        AugmentConfig(contrast=[1.0, 0.5]).validate()

@@ -101,6 +101,7 @@ class ToyTask:
     bad_at: int | None = None  # data index whose loss is multiplied by bad_value
     bad_value: float = math.nan
     crash_at: int | None = None  # data index whose loss raises Killed
+    broken_visuals: bool = False  # visualize raises, as a missing video codec would
     dtypes: list[torch.dtype] = field(default_factory=list)  # output dtypes seen in training
 
     def build_model(self) -> torch.nn.Module:
@@ -130,6 +131,8 @@ class ToyTask:
         def as_clip(v: torch.Tensor) -> np.ndarray:  # (2, DIM) -> (T=2, 2, 2, 3)
             return to_uint8_clips(v[:2].tanh().reshape(2, 1, 2, 2).expand(2, 3, 2, 2))
 
+        if self.broken_visuals:
+            raise OSError("no video codec")
         clips = [as_clip(batch.y), as_clip(model(batch.x))]
         png = write_grid_png(clips, path_prefix.with_suffix(".png"))
         return [png, write_side_by_side_mp4(clips, path_prefix.with_suffix(".mp4"), scale=8)]
@@ -296,6 +299,14 @@ def test_time_budget_stops_saves_and_the_run_continues_later(tmp_path: Path) -> 
     )
     finished = train(ToyTask(), replace(cfg, time_budget_min=None))
     assert (finished.step, finished.stop_reason, len(finished.losses)) == (12, "steps", 11)
+
+
+def test_a_failing_final_evaluation_keeps_the_trained_weights(tmp_path: Path) -> None:
+    cfg = toy_config(tmp_path, eval_every=100, checkpoint_every=100)  # one evaluation, at the end
+    with pytest.raises(OSError, match="no video codec"):
+        train(ToyTask(broken_visuals=True), cfg)
+    assert (tmp_path / "final" / "config.json").exists()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000012"]
 
 
 def test_bf16_autocast_on_cpu(tmp_path: Path) -> None:

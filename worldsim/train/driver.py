@@ -231,18 +231,19 @@ class _Run:
                 if over_budget:
                     stop_reason = "time_budget"
                     break
-            if self._evaluated_step != self.step:
-                self._evaluate(log)
+            # Save before the closing evaluation: a failing evaluation must not lose the run.
             if self._checkpointed_step != self.step:
                 self._checkpoint()
+            final = self.out / "final"
+            if self.acc.is_main_process:
+                export_pretrained(self.inner, final)
+            self.acc.wait_for_everyone()
+            if self._evaluated_step != self.step:
+                self._evaluate(log)
         finally:
             bar.close()
             if log is not None:
                 log.close()
-        final = self.out / "final"
-        if self.acc.is_main_process:
-            export_pretrained(self.inner, final)
-        self.acc.wait_for_everyone()
         assert self.last_checkpoint is not None
         return TrainResult(self.step, stop_reason, final, self.last_checkpoint, self.losses)
 

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import torch
 from einops import rearrange
@@ -49,6 +48,8 @@ def write_side_by_side_mp4(
 
     `scale` enlarges by pixel repetition: 64x64 game frames are too small to judge in a player.
     """
+    import av  # PyAV's FFmpeg libraries load only where a video is written
+
     stack = _check_clips(clips)  # (R, T, H, W, 3)
     video = rearrange(stack, "r t h w c -> t h (r w) c")
     if scale > 1:
