@@ -37,7 +37,7 @@ from worldsim.train import (
     write_grid_png,
     write_side_by_side_mp4,
 )
-from worldsim.train.checkpoint import latest_checkpoint
+from worldsim.train.checkpoint import latest_checkpoint, whole_copy
 
 DIM = 4
 EPOCH = 3  # batches per epoch: short, so that runs and resumes cross epoch ends
@@ -307,6 +307,19 @@ def test_a_failing_final_evaluation_keeps_the_trained_weights(tmp_path: Path) ->
         train(ToyTask(broken_visuals=True), cfg)
     assert (tmp_path / "final" / "config.json").exists()
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000012"]
+
+
+def test_whole_copy_holds_the_weights_and_leaves_the_rng_alone() -> None:
+    model = ToyModel(dim=3)
+    state = {k: v + 1 for k, v in model.state_dict().items()}
+    torch.manual_seed(5)
+    copy = whole_copy(model, state)
+    after_copy = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(after_copy, torch.rand(1))  # the copy's initialisation drew from a fork
+    assert copy is not model and not copy.training and copy.config["dim"] == 3
+    for key, value in copy.state_dict().items():
+        assert torch.equal(value, state[key])
 
 
 def test_bf16_autocast_on_cpu(tmp_path: Path) -> None:

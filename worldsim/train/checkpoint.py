@@ -29,7 +29,9 @@ _NAME = re.compile(r"^step-(\d{8})$")
 
 
 class Pretrained(Protocol):
-    """What the driver needs to export a model for inference (diffusers ModelMixin has it)."""
+    """What the driver needs to copy and export a model (diffusers ModelMixin has it)."""
+
+    config: Any
 
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Any: ...
 
@@ -57,7 +59,7 @@ def save_checkpoint(
     accelerator: Accelerator,
     root: Path,
     step: int,
-    model: Pretrained,
+    model: Pretrained | None,  # what the main process exports; None on the others
     process_state: dict[str, Any],
     meta: dict[str, Any],
     keep_last: int,
@@ -75,6 +77,7 @@ def save_checkpoint(
     accelerator.save_state(str(tmp))
     torch.save(process_state, tmp / f"process_state_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
+        assert model is not None, "the main process must pass the model to export"
         model.save_pretrained(tmp / "model")
         state = {"step": step, "num_processes": accelerator.num_processes, **meta}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -124,6 +127,15 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
         listed = "; ".join(sorted(problems)[:5])
         raise ValueError(f"init_from {src} does not fit the model: {listed}")
     model.load_state_dict(theirs)
+
+
+def whole_copy(model: Pretrained, state_dict: dict[str, torch.Tensor]) -> Any:
+    """A fresh model of `model`'s class and config holding `state_dict`, in eval mode. Its random
+    initialisation draws from a forked generator, so copying never shifts a run's random stream."""
+    with torch.random.fork_rng(devices=[]):
+        copy = type(model).from_config(model.config)  # type: ignore[attr-defined]
+    copy.load_state_dict(state_dict)
+    return copy.eval()
 
 
 def export_pretrained(model: Pretrained, dst: Path) -> Path:

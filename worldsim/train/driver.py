@@ -36,6 +36,7 @@ from worldsim.train.checkpoint import (
     load_checkpoint,
     load_weights,
     save_checkpoint,
+    whole_copy,
 )
 from worldsim.train.monitor import RunLog
 
@@ -235,8 +236,9 @@ class _Run:
             if self._checkpointed_step != self.step:
                 self._checkpoint()
             final = self.out / "final"
-            if self.acc.is_main_process:
-                export_pretrained(self.inner, final)
+            model = self._whole_model()
+            if model is not None:
+                export_pretrained(model, final)
             self.acc.wait_for_everyone()
             if self._evaluated_step != self.step:
                 self._evaluate(log)
@@ -339,20 +341,29 @@ class _Run:
             log.write("train", self.step, row)
             bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{row['lr']:.2e}")
 
+    def _whole_model(self) -> Any:
+        """Collective. The main process gets a plain copy of the model with whole tensors on its
+        device, the others None. FSDP shards the parameters across processes, so evaluation and
+        export never use the wrapped model's own; every other setup takes the same path."""
+        state = self.acc.get_state_dict(self.model)  # FSDP: gathered onto the main process
+        if not self.acc.is_main_process:
+            return None
+        weights = {k.removeprefix("model."): v for k, v in state.items()}  # inside _LossModule
+        return whole_copy(self.inner, weights).to(self.acc.device)
+
     def _evaluate(self, log: RunLog | None) -> None:
-        """Main process only, on the unwrapped model: the numbers do not depend on the process
+        """Main process only, on a copy of the model: the numbers do not depend on the process
         count, and the training random streams are left exactly as they were."""
         self._evaluated_step = self.step
-        if self.acc.is_main_process:
+        model = self._whole_model()
+        if model is not None:
             batches = self.task.eval_batches(self.local_batch)
             if batches is not None:
                 with _preserved_rng(), torch.no_grad(), self.acc.autocast():
-                    self._eval_on(batches, log)
+                    self._eval_on(model, batches, log)
         self.acc.wait_for_everyone()
 
-    def _eval_on(self, batches: Iterable[Any], log: RunLog | None) -> None:
-        model = self.acc.unwrap_model(self.model).model
-        model.eval()
+    def _eval_on(self, model: torch.nn.Module, batches: Iterable[Any], log: RunLog | None) -> None:
         sums: dict[str, float] = {}
         first, count = None, 0
         for batch in batches:
@@ -370,7 +381,6 @@ class _Run:
             prefix = self.out / "visuals" / f"step-{self.step:08d}"
             prefix.parent.mkdir(parents=True, exist_ok=True)
             self.task.visualize(model, first, prefix)
-        model.train()
 
     def _checkpoint(self) -> None:
         process_state = {
@@ -381,7 +391,7 @@ class _Run:
         meta = {"config": dataclasses.asdict(self.cfg)}
         root, keep = self.out / "checkpoints", self.cfg.keep_last
         self.last_checkpoint = save_checkpoint(
-            self.acc, root, self.step, self.inner, process_state, meta, keep
+            self.acc, root, self.step, self._whole_model(), process_state, meta, keep
         )
         self._checkpointed_step = self.step
 
