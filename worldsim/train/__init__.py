@@ -1,9 +1,9 @@
 """The shared training driver: `train(task, TrainConfig(...))` for every worldsim model."""
 
+from worldsim.train.config import TrainConfig
 from worldsim.train.driver import (
     LossOutput,
     ResumableBatches,
-    TrainConfig,
     TrainingDiverged,
     TrainResult,
     TrainTask,
