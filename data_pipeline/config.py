@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+DEFAULT_VIDEO_FPS = 10.0
+
 
 @dataclass
 class ShardConfig:
@@ -13,7 +15,9 @@ class ShardConfig:
     frames: int = 16  # T, frames per clip
     stride: int = 16  # frames between the starts of consecutive clips (< frames overlaps them)
     size: int = 64  # square output side: resize the short side to this, then centre-crop
-    fps: float = 10.0  # videos are resampled to this rate; games keep their step rate
+    # Videos are resampled to this rate (None: DEFAULT_VIDEO_FPS). Games and input shards keep
+    # their own rate (Procgen and Atari: 15 fps), so --fps is refused for a job without videos.
+    fps: float | None = None
     # Mean |frame difference| (0-255 scale, at output resolution) above which two consecutive
     # frames count as a scene cut; clips never straddle one.
     scene_cut_threshold: float = 40.0
@@ -31,9 +35,14 @@ class ShardConfig:
     level_start: int = 0  # episode i plays level seed level_start + i; keep splits disjoint
     max_steps: int = 500  # cap on one episode's length
     sticky_min: int = 1  # the random policy repeats each action a uniform number of steps
-    sticky_max: int = 4  # in [sticky_min, sticky_max] (sustained motion; recipes.md)
+    sticky_max: int = 4  # in [sticky_min, sticky_max] (a held key must last to show motion)
     distribution_mode: str = "easy"  # procgen difficulty
     frame_skip: int = 1  # env steps per recorded frame (Atari v5 already skips 4)
+
+    @property
+    def video_fps(self) -> float:
+        """The rate videos are resampled to."""
+        return DEFAULT_VIDEO_FPS if self.fps is None else self.fps
 
     def validate(self) -> None:
         """Raise ValueError naming the first nonsense option."""
@@ -48,7 +57,7 @@ class ShardConfig:
             problems.append(f"--stride must be >= 1, got {self.stride}")
         if self.size < 1:
             problems.append(f"--size must be >= 1, got {self.size}")
-        if not self.fps > 0:
+        if self.fps is not None and not self.fps > 0:
             problems.append(f"--fps must be > 0, got {self.fps}")
         if self.units_per_shard < 1:
             problems.append(f"--units-per-shard must be >= 1, got {self.units_per_shard}")

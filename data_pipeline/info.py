@@ -2,7 +2,8 @@
 
 Reads every sample once (counts come from the data, not only from the manifest, so a truncated
 or swapped shard shows up as an error) and keeps a few evenly spaced clips for the sheet: one
-row per clip, its frames subsampled evenly across the columns.
+row per clip (captioned with its split and key), its frames subsampled evenly across the columns
+(each marked with its frame index).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -24,6 +25,7 @@ from data_pipeline.schema import Clip, decode_sample
 
 SHEET_ROWS = 4  # sample clips on the contact sheet
 SHEET_COLS = 8  # frames per clip on the sheet (fewer when clips are shorter)
+CAPTION = 12  # pixels above each row of frames, for the frame indices
 
 
 @dataclass
@@ -107,13 +109,15 @@ def _named_counts(space: dict[str, Any] | None, counts: Counter[int]) -> dict[st
 
 def _scan_split(
     root: Path, name: str, entry: dict[str, Any], picks: set[int], first: int
-) -> tuple[SplitInfo, dict[int, Clip]]:
+) -> tuple[SplitInfo, dict[int, tuple[str, Clip]]]:
     """Read one split; return its stats and the clips whose folder-wide index is in `picks`."""
     info = SplitInfo(name, len(entry["shards"]), fps=entry.get("fps"))
     info.action_space = entry.get("action_space")
     counts: Counter[int] = Counter()
-    kept: dict[int, Clip] = {}
-    for shard in tqdm(entry["shards"], desc=f"info {name}", unit="shard", leave=False):
+    kept: dict[int, tuple[str, Clip]] = {}
+    for shard in tqdm(
+        entry["shards"], desc=f"info {name}", unit="shard", leave=False, disable=None
+    ):
         path = root / shard["name"]
         if not path.is_file():
             raise FileNotFoundError(f"{path} is listed in {root / MANIFEST} but missing")
@@ -121,7 +125,7 @@ def _scan_split(
         for sample in _samples(path):
             clip = decode_sample(sample)
             if first + info.clips in picks:
-                kept[first + info.clips] = clip
+                kept[first + info.clips] = (f"{name}/{sample.get('__key__', '?')}", clip)
             _add_clip(info, clip, counts)
             n += 1
         if n != shard["count"]:
@@ -130,15 +134,25 @@ def _scan_split(
     return info, kept
 
 
-def contact_sheet(clips: list[Clip]) -> Image.Image:
-    """Rows = clips, columns = evenly subsampled frames, at the first clip's resolution."""
-    _, h, w, _ = clips[0].frames.shape
-    cols = min(SHEET_COLS, min(len(c.frames) for c in clips))
-    sheet = Image.new("RGB", (cols * w, len(clips) * h))
-    for row, clip in enumerate(clips):
+def contact_sheet(clips: list[tuple[str, Clip]]) -> Image.Image:
+    """Rows = (label, clip) pairs, columns = evenly subsampled frames at the first clip's
+    resolution. Each row's label stands in a left margin and each frame's index t above it."""
+    _, h, w, _ = clips[0][1].frames.shape
+    cols = min(SHEET_COLS, min(len(c.frames) for _, c in clips))
+    font = ImageFont.load_default(size=10)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    margin = 6 + max(round(probe.textlength(label, font=font)) for label, _ in clips)
+    row_h = CAPTION + h
+    sheet = Image.new("RGB", (margin + cols * w, len(clips) * row_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, (label, clip) in enumerate(clips):
+        top = row * row_h + CAPTION
+        draw.text((2, top + h // 2), label, fill="black", font=font, anchor="lm")
         for col, t in enumerate(np.linspace(0, len(clip.frames) - 1, cols).round().astype(int)):
             tile = Image.fromarray(clip.frames[t]).resize((w, h), Image.Resampling.BILINEAR)
-            sheet.paste(tile, (col * w, row * h))
+            sheet.paste(tile, (margin + col * w, top))
+            draw.text((margin + col * w + 1, top - 1), f"t={t}", fill="black", font=font,
+                      anchor="lb")  # fmt: skip
     return sheet
 
 
@@ -155,7 +169,7 @@ def dataset_info(dir: str | Path, sheet_path: str | Path | None = None) -> InfoR
     total = sum(e["clips"] for e in splits.values())
     picks = set(np.linspace(0, total - 1, min(SHEET_ROWS, total)).round().astype(int).tolist())
     infos: list[SplitInfo] = []
-    kept: dict[int, Clip] = {}
+    kept: dict[int, tuple[str, Clip]] = {}
     for name, entry in splits.items():
         info, clips = _scan_split(root, name, entry, picks, sum(i.clips for i in infos))
         infos.append(info)

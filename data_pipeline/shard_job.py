@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +240,41 @@ def _run_ray(tasks: list[ShardTask], cfg: ShardConfig) -> Iterator[ShardRecord]:
             ray.shutdown()
 
 
+def _resolve_fps(cfg: ShardConfig, units: list[WorkUnit]) -> ShardConfig:
+    """Record the rate videos are resampled to, so the manifest's options say what the clips
+    hold; refuse --fps for a job without videos, whose clips keep their own rate."""
+    from data_pipeline.video import VideoUnit
+
+    has_video = any(isinstance(u, VideoUnit) for u in units)
+    if cfg.fps is not None and not has_video:
+        raise ValueError(
+            f"--fps {cfg.fps:g} resamples videos, but no SOURCE is a video: game episodes and "
+            "input shards keep their own frame rate (Procgen and Atari: 15 fps); drop --fps"
+        )
+    return replace(cfg, fps=cfg.video_fps) if has_video else cfg
+
+
+def _discard_split(out: Path, split: str, tasks: list[ShardTask]) -> None:
+    """Remove what a job that wrote no clip left (shard records, the job file): a split with
+    nothing in it is not recorded."""
+    for task in tasks:
+        record_path(out, split, task.index).unlink(missing_ok=True)
+    if split not in read_manifest(out)["splits"]:
+        job_path(out, split).unlink(missing_ok=True)
+    if not any(out.iterdir()):
+        out.rmdir()  # the job made the folder and nothing else
+
+
+def _nothing_written(entry: dict[str, Any], split: str) -> str:
+    bad = entry["bad_inputs"]
+    filters = {k: v for k, v in entry["filters"].items() if k != "bad_inputs"}
+    why = [f"{len(bad)} bad input(s) ({', '.join(bad[:5])}; the warnings above say why)"]
+    why = why if bad else []
+    why += [f"{v} clip(s) {k.replace('_', ' ')}" for k, v in filters.items()]
+    reasons = "; ".join(why) or "the inputs hold no clip"
+    return f"no clip was written for split {split!r}: {reasons}; nothing was recorded"
+
+
 ENGINES: dict[str, Callable[[list[ShardTask], ShardConfig], Iterator[ShardRecord]]] = {
     "process": _run_processes,
     "ray": _run_ray,
@@ -251,6 +286,7 @@ def run_shard_job(cfg: ShardConfig) -> JobSummary:
     cfg.validate()
     start = time.perf_counter()
     units = resolve_sources(cfg)
+    cfg = _resolve_fps(cfg, units)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     options = clip_options(cfg)
@@ -265,7 +301,10 @@ def run_shard_job(cfg: ShardConfig) -> JobSummary:
     pending = [t for t in tasks if t.index not in records]
     skipped = len(records)
     clips = sum(r.count for r in records.values())
-    with tqdm(total=len(tasks), initial=skipped, unit="shard", desc=f"shard {cfg.split}") as bar:
+    # disable=None: a bar on a terminal, none in logs (where its carriage returns pile up).
+    bar = tqdm(total=len(tasks), initial=skipped, unit="shard", desc=f"shard {cfg.split}",
+               disable=None)  # fmt: skip
+    with bar:
         bar.set_postfix(clips=clips)
         for record in ENGINES[cfg.engine](pending, cfg):
             records[record.index] = record
@@ -275,6 +314,9 @@ def run_shard_job(cfg: ShardConfig) -> JobSummary:
 
     ordered = [records[t.index] for t in tasks]
     entry = split_entry(ordered, options, action_space.to_dict() if action_space else None)
+    if entry["clips"] == 0:
+        _discard_split(out, cfg.split, tasks)
+        raise ValueError(_nothing_written(entry, cfg.split))
     merge_split(out, cfg.split, entry)
     return JobSummary(
         out=str(out),

@@ -106,7 +106,7 @@ class VideoUnit:
 
     def clips(self, cfg: ShardConfig, stats: Counter[str]) -> Iterator[Clip]:
         try:
-            reader, indices, src_fps = open_video(self.path, cfg.size, cfg.fps)
+            reader, indices, src_fps = open_video(self.path, cfg.size, cfg.video_fps)
         except (BadVideo, OSError, *_MEDIA_ERRORS) as e:  # OSError: vanished or unreadable
             self._skip(stats, e)
             return
@@ -115,7 +115,7 @@ class VideoUnit:
         )
         meta = {
             "source": self.path,
-            "fps": cfg.fps,
+            "fps": cfg.video_fps,
             "src_fps": src_fps,
             "license": cfg.license,
             "kind": "video",
@@ -127,7 +127,7 @@ class VideoUnit:
                 self._skip(stats, e, decoded=lo)
                 return
             for start, window_THWC in windower.push(frames_THWC):
-                start_time = round(start / cfg.fps, 6)
+                start_time = round(start / cfg.video_fps, 6)
                 yield Clip(window_THWC, None, {**meta, "start_time": start_time})
         windower.finish()
 

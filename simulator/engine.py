@@ -44,7 +44,8 @@ from simulator.sampling import (
     sample_next_frame,
     sample_next_frame_cached,
 )
-from simulator.world_checkpoint import WorldSpec, load_world
+from simulator.world_checkpoint import load_world
+from simulator.world_spec import WorldSpec
 from tokenizer.model import DecodeState, VideoTokenizer
 from worldsim.nn.attention import set_attention_backend, set_query_by_query
 from worldsim.nn.kv_cache import KVCache, check_hop

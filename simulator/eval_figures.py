@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,9 +22,6 @@ from simulator.lam import LatentActionModel
 from simulator.sampling import SamplingConfig, rollout_tokens
 from tokenizer.model import VideoTokenizer
 from worldsim.train.monitor import to_uint8_clips, write_grid_png
-
-if TYPE_CHECKING:
-    from simulator.evaluate import WorldReport
 
 COLORS = {  # curve name -> RGB; unknown names cycle through EXTRA_COLORS
     "tokenizer": (150, 150, 150),
@@ -45,11 +41,11 @@ def _y_ticks(lo: float, hi: float) -> list[float]:
     return [step * k for k in range(math.floor(lo / step), math.ceil(hi / step) + 1)]
 
 
-def write_psnr_plot(report: WorldReport, path: str | Path) -> Path:
-    """Line chart of every curve of the report, PSNR (dB) against generated frame 1..H."""
-    values = [v for c in report.curves.values() for v in c if math.isfinite(v)]
+def write_psnr_plot(curves: dict[str, list[float]], title: str, path: str | Path) -> Path:
+    """Line chart of every curve (name -> PSNR in dB at generated frames 1..H)."""
+    values = [v for c in curves.values() for v in c if math.isfinite(v)]
     if not values:
-        raise ValueError("the report has no finite PSNR values to plot")
+        raise ValueError("no finite PSNR values to plot")
     ticks = _y_ticks(min(values) - 0.5, max(values) + 0.5)
     lo, hi = ticks[0], ticks[-1]
     width, height = SIZE
@@ -57,7 +53,7 @@ def write_psnr_plot(report: WorldReport, path: str | Path) -> Path:
     image = Image.new("RGB", SIZE, "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=13)
-    horizon = report.horizon
+    horizon = max(len(c) for c in curves.values())
 
     def xy(k: int, v: float) -> tuple[float, float]:
         fx = (k - 1) / max(1, horizon - 1)
@@ -72,11 +68,11 @@ def write_psnr_plot(report: WorldReport, path: str | Path) -> Path:
         draw.line([(x, y0), (x, y0 + 4)], fill="black")
         draw.text((x, y0 + 6), str(k), fill="black", font=font, anchor="ma")
     draw.rectangle([x0, y1, x1, y0], outline="black")
-    draw.text((x0, 6), _title(report), fill="black", font=font)
+    draw.text((x0, 6), title, fill="black", font=font)
     draw.text(((x0 + x1) / 2, height - 14), "generated frame (prompt = frame 0)", fill="black",
               font=font, anchor="ma")  # fmt: skip
     draw.text((8, y1 - 20), "PSNR (dB)", fill="black", font=font)
-    for i, (name, curve) in enumerate(report.curves.items()):
+    for i, (name, curve) in enumerate(curves.items()):
         color = COLORS.get(name, EXTRA_COLORS[i % len(EXTRA_COLORS)])
         points = [xy(k, v) for k, v in enumerate(curve, start=1) if math.isfinite(v)]
         if len(points) > 1:
@@ -88,13 +84,6 @@ def write_psnr_plot(report: WorldReport, path: str | Path) -> Path:
         label = LABELS.get(name, name.replace("_", " "))
         draw.text((x1 + 38, ly), label, fill="black", font=font, anchor="lm")
     return _save_png(image, path)
-
-
-def _title(report: WorldReport) -> str:
-    title = f"PSNR vs horizon: {report.clips} clips"
-    if report.delta_t_psnr_db is not None:
-        title += f", delta-t PSNR (t={report.delta_t}) {report.delta_t_psnr_db:+.2f} dB"
-    return title
 
 
 def _save_png(image: Image.Image, path: str | Path) -> Path:

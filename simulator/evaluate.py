@@ -106,6 +106,12 @@ class WorldReport:
     shards: str = ""
     split: str = ""
 
+    def plot_title(self) -> str:
+        title = f"PSNR vs horizon: {self.clips} clips"
+        if self.delta_t_psnr_db is not None:
+            title += f", delta-t PSNR (t={self.delta_t}) {self.delta_t_psnr_db:+.2f} dB"
+        return title
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 
@@ -229,7 +235,7 @@ def evaluate_world(
     meters = _Meters()
     counts = torch.zeros(lam.num_actions, dtype=torch.int64)
     pairs: list[Tensor] = []  # (N, 2) (latent id, true discrete id) of transitions
-    for i, batch in enumerate(tqdm(loader, desc="eval world", unit="batch")):
+    for i, batch in enumerate(tqdm(loader, desc="eval world", unit="batch", disable=None)):
         if cfg.max_batches is not None and i >= cfg.max_batches:
             break
         _check_clip_length(batch.frames, cfg.horizon)
@@ -357,7 +363,8 @@ def eval_world_command(
     out = Path(out_dir) if out_dir else Path(dynamics_path) / f"eval_{split}"
     print(report.render())
     print(f"report: {write_text_atomic(report.to_json(), out / 'report.json')}")
-    print(f"plot: {write_psnr_plot(report, out / 'psnr_vs_horizon.png')}")
+    plot = write_psnr_plot(report.curves, report.plot_title(), out / "psnr_vs_horizon.png")
+    print(f"plot: {plot}")
     cond = Conditioning.of(dynamics)
     if cond.latent is None and cond.discrete is None:
         print("no action sheet: the dynamics takes only continuous actions")

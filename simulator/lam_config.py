@@ -16,7 +16,7 @@ from worldsim.config import build_preset, from_dict
 
 def _action_quantizer(codes: int = 8, dim: int = 32, dead_after: int = 25) -> QuantizerConfig:
     # Genie's LAM: a VQ with a handful of codes (|A| = 8) of dim 32; l2-normalised codes and
-    # restarts of codes idle for `dead_after` steps keep several actions alive (recipes.md).
+    # restarts of codes idle for `dead_after` steps keep several actions alive.
     # With 8 codes and ~60 latents a batch a code unused for 25 steps is dead, not unlucky.
     # Restarts land exactly on an encoder output: early in training one batch's action latents
     # lie closer together than the tokenizer's restart noise (0.02), and on a toy task noisy
@@ -39,8 +39,8 @@ class LAMConfig:
     # frame's change, so a coarser grid than the tokenizer's buys steps on CPU.
     patch_size: int = 8
     max_frames: int = 16  # longest clip (Genie's 16); the decoder has max_frames - 1 time positions
-    # "conv": per-frame conv stem / pixel-shuffle head (cheap on CPU, recipes.md); "patch":
-    # Genie's linear patch embedding. Shared with the tokenizer (tokenizer.model.STEMS).
+    # "conv": per-frame conv stem / pixel-shuffle head (cheaper than patch attention on CPU);
+    # "patch": Genie's linear patch embedding. Shared with the tokenizer (tokenizer.model.STEMS).
     stem: str = "conv"
     encoder_conv_width: int = 64  # conv stem channels on the grid, halved per 2x step to pixels
     decoder_conv_width: int = 64  # same for the decoder's own stem and its conv head
@@ -53,7 +53,7 @@ class LAMConfig:
     attention: str = "auto"  # backend name, see worldsim.nn.attention.ATTENTION_BACKENDS
     # What the decoder sees besides the action (simulator.lam.DECODER_CONTEXTS). "last_frame":
     # only frame t when predicting frame t+1, a tighter bottleneck than Genie's "all_frames"
-    # (AdaWorld's 2-frame decoder, recipes.md): the decoder cannot extrapolate motion from
+    # (the 2-frame decoder of AdaWorld, Gao et al. 2025): the decoder cannot extrapolate motion from
     # history, so all of the change, and hence the control, must pass through the action.
     decoder_context: str = "last_frame"
     # Predict frame t+1 as frame t plus a decoded change: copying is free, so the decoder's

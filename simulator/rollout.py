@@ -14,35 +14,20 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from simulator.engine import EngineConfig, WorldSimulator
-from simulator.prompt import LoadedPrompt, load_prompt
-from simulator.world_checkpoint import WorldActionSpace, load_world
-from worldsim.train.monitor import to_uint8_clips, write_side_by_side_mp4
+from simulator.world_spec import parse_actions, read_world_spec
+
+# torch and the models load inside the functions, after every argument has been checked: a typo
+# in --actions is refused in a fraction of a second, not after seconds of imports.
+if TYPE_CHECKING:
+    from simulator.engine import WorldSimulator
+    from simulator.prompt import LoadedPrompt
 
 VIDEO_WRITERS = (".mp4", ".gif")
-
-
-def parse_actions(text: str, space: WorldActionSpace) -> list[int]:
-    """'0,0,3,3' -> ids; entries may also be action names (case-insensitive) when the space
-    has names. ValueError names the first entry that is neither."""
-    names = {name.lower(): i for i, name in enumerate(space.names)}
-    ids = []
-    for entry in (e.strip() for e in text.split(",")):
-        if entry.lstrip("-").isdigit():
-            ids.append(int(entry))
-        elif entry.lower() in names:
-            ids.append(names[entry.lower()])
-        else:
-            known = f"; names: {', '.join(space.names)}" if space.names else ""
-            raise ValueError(f"action {entry!r} is not an id of {space.describe()}{known}")
-    bad = [a for a in ids if not 0 <= a < space.n]
-    if bad:
-        raise ValueError(f"action {bad[0]} is outside the action space: {space.describe()}")
-    return ids
 
 
 def write_video(
@@ -54,6 +39,8 @@ def write_video(
     if suffix not in VIDEO_WRITERS:
         raise ValueError(f"--out must end in {' or '.join(VIDEO_WRITERS)}, got {path.name!r}")
     if suffix == ".mp4":
+        from worldsim.train.monitor import write_side_by_side_mp4
+
         return write_side_by_side_mp4([clip_THWC], path, fps=fps, scale=scale)
     big = clip_THWC.repeat(scale, axis=1).repeat(scale, axis=2)
     images = [Image.fromarray(frame) for frame in big]
@@ -97,21 +84,30 @@ def rollout_command(
     device: str = "cpu",
     scale: int = 4,
 ) -> int:
-    """Load the world, roll it out from `prompt` under `actions`, write the video to `out`."""
+    """Load the world, roll it out from `prompt` under `actions`, write the video to `out`.
+    Every argument is checked against the world's `world.json` before a model loads."""
     if fps <= 0 or scale < 1:
         raise ValueError(f"fps must be > 0 and scale >= 1, got fps {fps}, scale {scale}")
     if Path(out).suffix.lower() not in VIDEO_WRITERS:
         raise ValueError(f"--out must end in {' or '.join(VIDEO_WRITERS)}, got {out!r}")
-    world = load_world(checkpoint, device=device)
-    sampling = world.spec.sampling
+    spec = read_world_spec(checkpoint)
+    ids = parse_actions(actions, spec.action_space)
+    sampling = spec.sampling
     if steps is not None:
         sampling = dataclasses.replace(sampling, steps=steps)
     if temperature is not None:
         sampling = dataclasses.replace(sampling, temperature=temperature)
+    sampling.validate()
+    from simulator.engine import EngineConfig, WorldSimulator
+    from simulator.prompt import load_prompt
+    from simulator.world_checkpoint import load_world
+    from worldsim.train.monitor import to_uint8_clips
+
+    loaded = load_prompt(prompt)
+    world = load_world(checkpoint, device=device)
     cfg = EngineConfig(sampling=sampling, device=device, seed=seed)
     sim = WorldSimulator(world.tokenizer, world.dynamics, world.spec, cfg, world.lam)
-    ids = parse_actions(actions, sim.action_space)
-    frames, prompt_actions, note = prompt_and_actions(load_prompt(prompt), sim)
+    frames, prompt_actions, note = prompt_and_actions(loaded, sim)
     video = sim.rollout(frames[None], [ids], prompt_actions=prompt_actions)
     path = write_video(to_uint8_clips(video[0]), out, fps, scale)
     print(

@@ -12,7 +12,7 @@ both give identical tokens.
 Unmasking order: "random" (the default) keeps uniformly chosen positions; "confidence" keeps the
 sampled tokens the model was surest of, as in MaskGIT. On video, confidence order tends to copy the
 previous frame (static background tokens are the most confident), which is why 1X's GENIE
-defaults to random order (recipes.md).
+defaults to random order in its open code.
 
 References: Chang et al. 2022, "MaskGIT: Masked Generative Image Transformer" (schedules,
 confidence order); Bruce et al. 2024, "Genie" (MaskGIT sampling of frames, temperature 1 on
@@ -23,42 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
 from simulator.dynamics import ActionInputs, DynamicsModel
+from simulator.sampling_config import SCHEDULES, SamplingConfig
 from worldsim.nn.kv_cache import KVCache, activation_dtype, check_hop, window_start
-
-# Share of a frame's tokens still masked after a fraction p in [0, 1] of the steps.
-SCHEDULES: dict[str, Callable[[float], float]] = {
-    "cosine": lambda p: math.cos(math.pi / 2 * p),  # MaskGIT's best: few tokens first
-    "linear": lambda p: 1.0 - p,
-}
-ORDERS = ("random", "confidence")
-
-
-@dataclass
-class SamplingConfig:
-    steps: int = 8  # MaskGIT steps per frame; Genie uses 25, fewer are faster on CPU
-    temperature: float = 1.0  # softmax temperature; 0 takes the most likely code (greedy)
-    schedule: str = "cosine"  # a key of SCHEDULES
-    order: str = "random"  # "random" or "confidence" (see the module docstring)
-
-    def validate(self) -> None:
-        problems = []
-        if self.steps < 1:
-            problems.append(f"steps must be >= 1, got {self.steps}")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            problems.append(f"temperature must be finite and >= 0, got {self.temperature}")
-        if self.schedule not in SCHEDULES:
-            problems.append(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
-        if self.order not in ORDERS:
-            problems.append(f"order must be one of {list(ORDERS)}, got {self.order!r}")
-        if problems:
-            raise ValueError("bad sampling config: " + "; ".join(problems))
 
 
 def masked_counts(steps: int, num_tokens: int, schedule: str) -> list[int]:

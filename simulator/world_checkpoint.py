@@ -15,110 +15,17 @@ the folder under a temporary name and renames it, so a reader never sees half a 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from simulator.dynamics import DynamicsModel
 from simulator.lam import LatentActionModel
-from simulator.sampling import SamplingConfig
+from simulator.sampling_config import SamplingConfig
+from simulator.world_spec import WORLD_FILE, WorldActionSpace, WorldSpec, read_world_spec
 from tokenizer.model import VideoTokenizer
-from worldsim.config import from_dict
-
-WORLD_FILE = "world.json"
-FORMAT_VERSION = 1
-ACTION_SPACE_TYPES = ("latent", "discrete")
-
-
-@dataclass
-class WorldActionSpace:
-    type: str  # "latent" (LAM codes) or "discrete" (the game's true action ids)
-    n: int  # number of actions; ids are 0..n-1
-    names: list[str] = field(default_factory=list)  # optional label per action id
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.type not in ACTION_SPACE_TYPES:
-            out.append(
-                f"action space type must be one of {list(ACTION_SPACE_TYPES)}, got {self.type!r}"
-            )
-        if self.n < 1:
-            out.append(f"action space n must be >= 1, got {self.n}")
-        if self.names and len(self.names) != self.n:
-            out.append(f"action space has {self.n} actions but {len(self.names)} names")
-        return out
-
-    def describe(self) -> str:
-        kind = "latent actions" if self.type == "latent" else "discrete actions"
-        return f"{self.n} {kind} (ids 0..{self.n - 1})"
-
-
-@dataclass
-class WorldSpec:
-    action_space: WorldActionSpace
-    # Interactive default: few MaskGIT steps (Genie uses 25; each costs a model pass per frame).
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(steps=4))
-    hop: int | None = None  # window jump in frames; None: each model's max_frames // 2
-    format_version: int = FORMAT_VERSION
-
-    @classmethod
-    def default_for(cls, dynamics: DynamicsModel) -> WorldSpec:
-        """Steer what the dynamics is conditioned on: its latent actions, else true discrete."""
-        cfg = dynamics.cfg
-        if cfg.action_sources == ["discrete"]:
-            return cls(WorldActionSpace("discrete", cfg.num_discrete_actions))
-        return cls(WorldActionSpace("latent", cfg.num_latent_actions))
-
-    @classmethod
-    def from_json(cls, text: str, where: str = WORLD_FILE) -> WorldSpec:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"corrupt {where}: {err}") from err
-        if not isinstance(data, dict) or not isinstance(data.get("action_space"), dict):
-            raise ValueError(f"{where} must be an object with an 'action_space' object")
-        spec = from_dict(cls, data, where=where)
-        if spec.format_version != FORMAT_VERSION:
-            raise ValueError(
-                f"{where} has format_version {spec.format_version}; this worldsim reads "
-                f"{FORMAT_VERSION}"
-            )
-        return spec
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    def check(self, dynamics: DynamicsModel, lam: LatentActionModel | None = None) -> None:
-        """ValueError naming every way this spec does not fit the models."""
-        problems = self.action_space.problems()
-        try:
-            self.sampling.validate()
-        except ValueError as err:
-            problems.append(str(err))
-        cfg, space = dynamics.cfg, self.action_space
-        # The engine steers one source: the model's only one, or any one of a model trained to
-        # run on a subset of its sources (source_dropout).
-        alone = space.type in cfg.action_sources and cfg.source_dropout > 0
-        if cfg.action_sources != [space.type] and not alone:
-            problems.append(
-                f"world.json steers {space.type!r} actions but the dynamics is conditioned on "
-                f"{cfg.action_sources} (source_dropout={cfg.source_dropout}); the engine steers "
-                "exactly one source"
-            )
-        expected = cfg.num_latent_actions if space.type == "latent" else cfg.num_discrete_actions
-        if space.n != expected:
-            problems.append(
-                f"world.json has {space.n} {space.type} actions, the dynamics {expected}"
-            )
-        if lam is not None and space.type == "latent" and lam.num_actions != space.n:
-            problems.append(f"world.json has {space.n} latent actions, the LAM {lam.num_actions}")
-        if self.hop is not None and not 1 <= self.hop < cfg.max_frames:
-            problems.append(f"hop must lie in 1..{cfg.max_frames - 1}, got {self.hop}")
-        if problems:
-            raise ValueError("world checkpoint does not fit: " + "; ".join(problems))
 
 
 @dataclass
@@ -162,12 +69,7 @@ def save_world(
 def load_world(path: str | os.PathLike[str], device: Any = "cpu") -> World:
     """Load and cross-check a world folder written by `save_world`."""
     path = Path(path)
-    spec_file = path / WORLD_FILE
-    if not spec_file.is_file():
-        raise FileNotFoundError(
-            f"no world checkpoint in {path}: {WORLD_FILE} missing (write one with save_world)"
-        )
-    spec = WorldSpec.from_json(spec_file.read_text(), where=str(spec_file))
+    spec = read_world_spec(path)
     tokenizer = VideoTokenizer.from_pretrained(path / "tokenizer").to(device).eval()
     dynamics = DynamicsModel.from_pretrained(path / "dynamics").to(device).eval()
     lam = None

@@ -25,7 +25,7 @@ class QuantizerConfig:
     # fsq: weight of the batch code-entropy term that spreads codes over the grid; 0 off.
     entropy_weight: float = 0.0
     codebook_size: int = 1024  # vq only
-    code_dim: int = 32  # vq only; low dims make the cosine lookup meaningful (recipes.md)
+    code_dim: int = 32  # vq only; low dims make the cosine lookup meaningful (ViT-VQGAN)
     update: str = "ema"  # vq only: "ema" (running means of the assigned inputs) or "grad"
     ema_decay: float = 0.99  # vq "ema": weight of the old code per step
     commitment: float = 0.25  # vq: weight of ||z - sg(code)||^2 (VQ-VAE's beta)
@@ -63,7 +63,7 @@ class TokenizerConfig:
     patch_size: int = 4  # one token per patch_size^2 pixels: 64x64 -> 16x16 tokens
     max_frames: int = 16  # length of the learned temporal position table (Genie's clip length)
     # "conv": per-frame conv stem / pixel-shuffle head, which carry pixels far more cheaply than
-    # attention on CPU (recipes.md); "patch": Genie's linear patch embedding.
+    # attention on CPU (see the trials below); "patch": Genie's linear patch embedding.
     stem: str = "conv"
     # Defaults = the `coinrun` preset. In equal-CPU-time trials on CoinRun 64x64 (2 cores, FSQ),
     # a conv stem + 1 encoder / 2 decoder ST blocks with MLP ratio 2 beat 2 / 4 blocks with

@@ -86,7 +86,7 @@ def evaluate_tokenizer(
     side = bicubic_side(bits)
     sums = {"psnr": 0.0, "ssim": 0.0, "bicubic_psnr": 0.0, "bicubic_ssim": 0.0}
     clips = frames_seen = 0
-    for i, batch in enumerate(tqdm(loader, desc="eval tokenizer", unit="batch")):
+    for i, batch in enumerate(tqdm(loader, desc="eval tokenizer", unit="batch", disable=None)):
         if max_batches is not None and i >= max_batches:
             break
         frames = batch.frames  # (B, T, C, H, W)

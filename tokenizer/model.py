@@ -8,8 +8,9 @@ is per-frame or causal in time, so tokens and reconstructions of frame t depend 
 KV cache, in a window that jumps like the dynamics model's (worldsim.nn.kv_cache.window_start).
 
 On CPU the default stem is convolutional (stride-2 convs to the grid, pixel-shuffle head), which
-carries pixels far more cheaply than patch attention (recipes.md); "patch" is Genie's linear
-patch embedding. Training is pure MSE plus the quantizer's terms, for PSNR.
+carries pixels far more cheaply than patch attention (in 7 CPU-minutes on CoinRun, 27.2 dB held-out
+against 21.7 dB for a per-frame ViT); "patch" is Genie's linear patch embedding. Training is pure
+MSE plus the quantizer's terms, for PSNR.
 
 References: Bruce et al. 2024, "Genie: Generative Interactive Environments" (ST-ViViT tokenizer);
 Hansen-Estruch et al. 2025, "Learnings from Scaling Visual Tokenizers" (ViTok: decoder capacity).

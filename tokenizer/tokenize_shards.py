@@ -367,7 +367,10 @@ def tokenize_shards(
     tokenizer.eval()
     if isinstance(lam, nn.Module):
         lam.eval()
-    with torch.no_grad(), tqdm(total=len(sources), initial=skipped, unit="shard") as bar:
+    with (
+        torch.no_grad(),
+        tqdm(total=len(sources), initial=skipped, unit="shard", disable=None) as bar,
+    ):
         bar.set_description(f"tokenize {split}")
         for src in (s for s in sources if s.index not in records):
             final = out / shard_name(split, src.index)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -290,10 +291,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():  # restores the default display on the way out
+            warnings.showwarning = _plain_warning
+            return int(args.func(args))
     except (ValueError, FileNotFoundError) as err:
         print(f"worldsim: error: {err}", file=sys.stderr)
         return 2
+
+
+def _plain_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+    """A warning as one line for a person at a terminal (the default adds the category, the
+    file, the line number and a line of source code)."""
+    print(f"worldsim: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from PIL import Image
 
 from data_pipeline import shard_job
 from data_pipeline.config import ShardConfig
-from data_pipeline.info import dataset_info
+from data_pipeline.info import CAPTION, dataset_info
 from data_pipeline.manifest import MANIFEST
 from data_pipeline.schema import ActionSpace, Clip
 from data_pipeline.shard_job import run_shard_job
@@ -87,14 +87,18 @@ def test_contact_sheet_rows_are_evenly_spaced_clips(folder: Path, tmp_path: Path
     report = dataset_info(folder, sheet_path=sheet_path)
     assert report.sheet_path == str(sheet_path)
     with Image.open(sheet_path) as img:
-        assert img.size == report.sheet_size == (T * SIZE, 4 * SIZE)  # 6 frames x 4 clips
+        margin = img.size[0] - T * SIZE  # the labels' column
+        assert img.size == report.sheet_size == (margin + T * SIZE, 4 * (CAPTION + SIZE))
         pixels = np.asarray(img.convert("RGB"))
+    assert 40 < margin < 200  # wide enough for "train/u1-000001"
     # Folder order is test (v0: 2 clips) then train (u0..u2: 2 each): picks 0, 2, 5, 7.
     firsts = [(2, 0), (0, 0), (1, 1), (2, 1)]  # (unit number, clip) of each row
     for row, (number, c) in enumerate(firsts):
+        top = row * (CAPTION + SIZE) + CAPTION
+        assert (pixels[top : top + SIZE, :margin] < 128).any(), "row label drawn"
         for col in range(T):
             level = 100 * number + 40 * c + 5 * col
-            assert pixels[row * SIZE + 3, col * SIZE + 3, 0] == level % 256
+            assert pixels[top + 3, margin + col * SIZE + 3, 0] == level % 256
     assert not (folder / "contact_sheet.png").exists()
     assert dataset_info(folder).sheet_path == str(folder / "contact_sheet.png")
 

@@ -58,7 +58,7 @@ class FakeUnit:
             if i % 3 == 2:
                 stats["static_dropped"] += 1
                 continue
-            yield Clip(frames, actions, {"fps": cfg.fps, "source": self.uid})
+            yield Clip(frames, actions, {"fps": cfg.video_fps, "source": self.uid})
 
 
 def fake_units(n: int, first_seed: int = 0) -> list[WorkUnit]:
@@ -200,6 +200,28 @@ def test_empty_shard_is_recorded_without_a_tar(tmp_path: Path, units: list) -> N
     assert run_shard_job(make_cfg(tmp_path)).shards_skipped == 3
 
 
+def test_a_job_that_writes_no_clip_fails_and_records_nothing(tmp_path: Path, units: list) -> None:
+    units[:] = [FakeUnit("broken", bad=True), FakeUnit("none", n_clips=0)]
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"no clip was written for split 'train': 1 bad input"):
+        run_shard_job(make_cfg(out))
+    assert not out.exists()  # no manifest, record or job file: nothing empty is recorded
+    units[:] = fake_units(2)
+    run_shard_job(make_cfg(tmp_path, split="test"))  # a folder with another split keeps it
+    units[:] = [FakeUnit("broken", bad=True)]
+    with pytest.raises(ValueError, match="no clip was written"):
+        run_shard_job(make_cfg(tmp_path))
+    assert sorted(read_manifest(tmp_path)["splits"]) == ["test"]
+    assert sorted(p.name for p in tmp_path.glob("train*")) == []
+
+
+def test_fps_is_refused_without_videos_and_recorded_with_them(tmp_path: Path, units: list) -> None:
+    with pytest.raises(ValueError, match="--fps 10 resamples videos, but no SOURCE is a video"):
+        run_shard_job(make_cfg(tmp_path, fps=10.0))
+    run_shard_job(make_cfg(tmp_path))
+    assert read_manifest(tmp_path)["splits"]["train"]["options"]["fps"] is None
+
+
 def test_mixed_action_spaces_are_refused(tmp_path: Path, units: list) -> None:
     units.append(FakeUnit("other", space=ActionSpace("discrete", n=18)))
     with pytest.raises(ValueError, match="different action spaces"):
@@ -230,6 +252,7 @@ def test_video_folder_records_filters_and_bad_files(tmp_path: Path) -> None:
     entry = read_manifest(tmp_path / "out")["splits"]["train"]
     assert entry["clips"] == summary.clips == 5  # 40 frames at 10 fps -> 5 clips of 8
     assert entry["frame_shape"] == [8, 32, 32, 3] and entry["fps"] == 10.0
+    assert entry["options"]["fps"] == 10.0  # the default rate, recorded as the clips have it
     assert entry["filters"]["static_dropped"] == 5 and entry["filters"]["bad_inputs"] == 1
     assert entry["bad_inputs"] == [str(videos / "c_broken.mp4")]
     assert entry["level_seeds"] is None and entry["action_space"] is None

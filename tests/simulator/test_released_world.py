@@ -12,20 +12,18 @@ from simulator.dynamics import DynamicsModel
 from simulator.evaluate import WorldEvalConfig, evaluate_world
 from simulator.lam import LatentActionModel
 from simulator.sampling import SamplingConfig
-from tests.tokenizer.test_released_checkpoint import record_heldout_coinrun
 from tokenizer.model import VideoTokenizer
 
 RELEASED = Path(__file__).parents[2] / "checkpoints"
 
 
-def test_released_world_model_is_steered_by_latent_actions(tmp_path: Path) -> None:
-    record_heldout_coinrun(tmp_path)
+def test_released_world_model_is_steered_by_latent_actions(heldout_coinrun: Path) -> None:
     tokenizer = VideoTokenizer.from_pretrained(RELEASED / "tokenizer_coinrun")
     lam = LatentActionModel.from_pretrained(RELEASED / "lam_coinrun")
     dynamics = DynamicsModel.from_pretrained(RELEASED / "dynamics_coinrun")
     dynamics.check_compatible(tokenizer, lam)
     loader = ShardLoader(
-        LoaderConfig(shards=str(tmp_path), split="test", batch_size=6, shuffle=False,
+        LoaderConfig(shards=str(heldout_coinrun), split="test", batch_size=6, shuffle=False,
                      num_workers=0),
     )  # fmt: skip
     sampling = SamplingConfig(steps=4)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import tarfile
 
 import av
@@ -16,14 +18,10 @@ from PIL import Image
 from simulator.dynamics import DynamicsModel
 from simulator.dynamics_config import dynamics_preset
 from simulator.engine import EngineConfig, WorldSimulator
-from simulator.rollout import parse_actions, rollout_command
-from simulator.sampling import SamplingConfig
-from simulator.world_checkpoint import (
-    WorldActionSpace,
-    WorldSpec,
-    load_world,
-    save_world,
-)
+from simulator.rollout import rollout_command
+from simulator.sampling_config import SamplingConfig
+from simulator.world_checkpoint import load_world, save_world
+from simulator.world_spec import WorldActionSpace, WorldSpec, parse_actions
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
 from worldsim.cli import main
@@ -90,7 +88,7 @@ def test_mismatched_parts_are_named(tmp_path) -> None:
             dynamics,
             spec=WorldSpec(WorldActionSpace("latent", 4), hop=9),
         )
-    with pytest.raises(FileNotFoundError, match="world.json missing"):
+    with pytest.raises(FileNotFoundError, match="world.json missing.*`worldsim pack --tokenizer"):
         load_world(tmp_path)
 
 
@@ -132,6 +130,24 @@ def test_rollout_command_writes_gif_and_mp4(world: str, tmp_path, capsys) -> Non
         rollout_command(world, str(image), "0", str(tmp_path / "r.avi"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         rollout_command(world, str(tmp_path / "none.png"), "0", str(out))
+
+
+def test_rollout_checks_its_arguments_before_loading_anything(world: str, tmp_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded before the arguments were checked")
+
+    monkeypatch.setattr("simulator.world_checkpoint.load_world", no_loading)
+    monkeypatch.setattr("simulator.prompt.load_prompt", no_loading)
+    out = str(tmp_path / "r.gif")
+    with pytest.raises(ValueError, match="action 7 is outside the action space"):
+        rollout_command(world, "start.png", "0,7", out)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        rollout_command(world, "start.png", "0", out, steps=0)
+    with pytest.raises(FileNotFoundError, match="no world in .*worldsim pack"):
+        rollout_command(str(tmp_path), "start.png", "0", out)
+    # The command module itself loads no torch: a refusal comes before seconds of imports.
+    code = "import sys, simulator.rollout; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_rollout_from_a_shard_sample_uses_its_true_actions(world: str, tmp_path, capsys) -> None:
@@ -185,5 +201,13 @@ def test_pack_command_bundles_parts_the_rollout_command_plays(tmp_path, capsys) 
     Image.fromarray(np.full((16, 16, 3), 90, dtype=np.uint8)).save(image)
     assert main(["rollout", "--checkpoint", str(world), "--prompt", str(image), "--actions",
                  "left,right", "--out", str(tmp_path / "r.gif")]) == 0  # fmt: skip
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.full((20, 28, 3), 90, dtype=np.uint8)).save(wide)
+    capsys.readouterr()
+    assert main(["rollout", "--checkpoint", str(world), "--prompt", str(wide), "--actions", "0",
+                 "--out", str(tmp_path / "w.gif")]) == 0  # fmt: skip
+    err = capsys.readouterr().err  # the resize note, as one plain line
+    assert "worldsim: warning: prompt frames are 28x20, centre-cropped to 20x20" in err
+    assert "UserWarning" not in err and len(err.strip().splitlines()) == 1
     assert main([*args, "--out", str(world), "--steer", "latent"]) == 2  # named refusal
     assert "steers 'latent' actions" in capsys.readouterr().err

@@ -9,9 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from data_pipeline.config import ShardConfig
 from data_pipeline.loader import LoaderConfig, ShardLoader
-from data_pipeline.shard_job import run_shard_job
 from tokenizer.evaluate import bicubic_roundtrip, bicubic_side, evaluate_tokenizer
 from tokenizer.model import VideoTokenizer, frame_psnr
 
@@ -19,20 +17,10 @@ RELEASED = Path(__file__).parents[2] / "checkpoints" / "tokenizer_coinrun"
 RELEASED_REAL = Path(__file__).parents[2] / "checkpoints" / "tokenizer_real"
 
 
-def record_heldout_coinrun(folder: Path) -> None:
-    """Two fresh CoinRun episodes on levels no training run saw: 8 test clips of 16 frames."""
-    cfg = ShardConfig(
-        sources=["procgen:coinrun"], out=str(folder), split="test", size=64, frames=16,
-        stride=16, episodes=2, level_start=200_000, max_steps=64, workers=1,
-    )  # fmt: skip
-    run_shard_job(cfg)
-
-
-def test_released_coinrun_tokenizer_reconstructs_heldout_levels(tmp_path: Path) -> None:
-    record_heldout_coinrun(tmp_path)
+def test_released_coinrun_tokenizer_reconstructs_heldout_levels(heldout_coinrun: Path) -> None:
     model = VideoTokenizer.from_pretrained(RELEASED)
     loader = ShardLoader(
-        LoaderConfig(shards=str(tmp_path), split="test", batch_size=4, shuffle=False,
+        LoaderConfig(shards=str(heldout_coinrun), split="test", batch_size=4, shuffle=False,
                      num_workers=0),
     )  # fmt: skip
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ class TrainConfig:
     out_dir: str = "runs/train"  # checkpoints/, final/, train.csv, eval.csv, tensorboard/, visuals/
     steps: int = 10_000  # optimizer steps in total (a resumed run continues up to this)
     batch_size: int = 32  # global batch, split evenly across processes
-    lr: float = 1e-3  # peak; near 1e-3 suits the small models trained here (recipes.md)
+    lr: float = 1e-3  # peak; near 1e-3 suits the small (1-10M) models trained here
     weight_decay: float = 0.01  # AdamW, decoupled
     warmup_steps: int = 150  # linear warm-up; public recipes' 5k-10k exceed a whole CPU run
     min_lr_ratio: float = 0.1  # cosine decays the lr to lr * min_lr_ratio at `steps`

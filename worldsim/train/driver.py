@@ -170,7 +170,9 @@ class _Run:
         log = RunLog(self.out, resume_step=self.step) if self.acc.is_main_process else None
         batches = self._batches()
         main = self.acc.is_main_process
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not main, unit="step")
+        bar = tqdm(
+            total=self.cfg.steps, initial=self.step, disable=None if main else True, unit="step"
+        )
         stop_reason, self._log_clock = "steps", time.monotonic()
         try:
             while self.step < self.cfg.steps:
