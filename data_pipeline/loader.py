@@ -5,8 +5,10 @@ exact resume are `data_pipeline.streaming.StreamingLoader`'s.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -14,7 +16,7 @@ import torch
 from data_pipeline.schema import Clip, decode_sample
 from data_pipeline.streaming import LoaderConfig, SampleFormat, StreamingLoader, collate_actions
 
-__all__ = ["Batch", "LoaderConfig", "ShardLoader", "collate"]
+__all__ = ["Batch", "FrameShardBatches", "LoaderConfig", "ShardLoader", "collate"]
 
 
 @dataclass
@@ -68,3 +70,28 @@ class ShardLoader(StreamingLoader[Batch]):
     """Frame shards -> `Batch`es of float frames; see `StreamingLoader` for epochs and resume."""
 
     sample_format = FRAME_FORMAT
+
+
+class FrameShardData(Protocol):
+    """What a training config that reads frame shards holds."""
+
+    data: LoaderConfig  # training shards
+    eval_shards: str  # held-out shards ("" = none)
+    eval_split: str
+
+
+class FrameShardBatches:
+    """The data half of a `worldsim.train.TrainTask` that trains on frame shards (tokenizer,
+    latent action model, inverse dynamics): a subclass sets `self.cfg`."""
+
+    cfg: FrameShardData
+
+    def train_batches(self, batch_size: int, rank: int, world_size: int, seed: int) -> ShardLoader:
+        data = dataclasses.replace(self.cfg.data, batch_size=batch_size, seed=seed)
+        return ShardLoader(data, rank=rank, world_size=world_size)
+
+    def eval_batches(self, batch_size: int) -> ShardLoader | None:
+        if not self.cfg.eval_shards:
+            return None
+        data = self.cfg.data.for_eval(self.cfg.eval_shards, self.cfg.eval_split, batch_size)
+        return ShardLoader(data, rank=0, world_size=1)

@@ -2,7 +2,8 @@
 
 `WorldSimulator.reset(prompt)` encodes the prompt frames; `step(state, action)` samples the next
 frame's tokens with MaskGIT and decodes them to RGB; `rollout(prompt, actions)` does both for a
-whole action sequence. A batch of B worlds steps together in one call.
+whole action sequence. A batch of B worlds steps together in one call. `observe(state, action,
+tokens)` appends a real frame instead of a sampled one (teacher forcing, as evaluation uses it).
 
 The cost of a step is one frame, not the whole context: the state keeps per-block temporal
 key/value caches (worldsim.nn.kv_cache.KVCache) of the dynamics model and of the tokenizer's
@@ -11,8 +12,9 @@ against the cached past, writing their keys/values to scratch slots; once the fr
 runs once more to keep its keys/values, and the decoder turns it into pixels in one frame-sized
 pass. Both models learn absolute temporal positions for `max_frames` frames, so the context is a
 window that jumps by `hop` frames when full, with the caches rebuilt once from the kept frames
-(window_start). `EngineConfig(kv_cache=False)` is the uncached reference: it re-runs each whole
-window under the same rule (simulator/sampling.py), and gives the same tokens for the same seed.
+(worldsim.nn.kv_cache.frames_to_drop). `EngineConfig(kv_cache=False)` is the uncached
+reference: it re-runs each whole window under the same rule (simulator/sampling.py), and gives the
+same tokens for the same seed.
 
 States are values: `step` returns a new state and never changes the one it was given, so a
 failed step leaves its input usable, and stepping twice from one state branches the world.
@@ -48,7 +50,7 @@ from simulator.world_checkpoint import load_world
 from simulator.world_spec import WorldSpec
 from tokenizer.model import DecodeState, VideoTokenizer
 from worldsim.nn.attention import set_attention_backend, set_query_by_query
-from worldsim.nn.kv_cache import KVCache, check_hop
+from worldsim.nn.kv_cache import KVCache, check_hop, frames_to_drop
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _ENGINE_IDS = itertools.count()
@@ -162,14 +164,37 @@ class WorldSimulator:
     def step(self, state: WorldState, action: Any) -> tuple[Tensor, WorldState]:
         """The next frame (B, C, H, W) in [-1, 1] of every world after `action` (one id per
         world, or one id for all), and the new state. `state` itself is left unchanged."""
+        return self._advance(state, action, None)
+
+    def observe(
+        self, state: WorldState, action: Any, tokens_Bhw: Tensor
+    ) -> tuple[Tensor, WorldState]:
+        """Teacher forcing: like `step`, but the next frame is an observed one (its tokens, from
+        `encode`) instead of a sampled one, so the world goes on from what really happened. The
+        sampler's random stream stays where `state` left it."""
+        return self._advance(state, action, tokens_Bhw)
+
+    def encode(self, frames: Any) -> Tensor:
+        """Tokens (B, T, h, w) of real frames (any prompt form), encoded together as `reset`
+        encodes a prompt: the tokens `observe` takes."""
+        frames_BTCHW = prompt_frames(frames, self.tokenizer.cfg.image_size).to(self.device)
+        with self._inference():
+            return self.tokenizer.encode(frames_BTCHW)
+
+    def _advance(
+        self, state: WorldState, action: Any, observed_Bhw: Tensor | None
+    ) -> tuple[Tensor, WorldState]:
         self._check_state(state)
         action_B = self._action_ids(action, (state.batch_size,))
+        generator = torch.Generator(self.device)
+        generator.set_state(state.rng_state)
         with self._inference():
             tokens_BThw, actions_BA, cache = self._make_room(state)
             actions_BA = torch.cat([actions_BA, action_B[:, None]], dim=1)
-            generator = torch.Generator(self.device)
-            generator.set_state(state.rng_state)
-            new_Bhw = self._sample(tokens_BThw, actions_BA, cache, generator)
+            if observed_Bhw is None:
+                new_Bhw = self._sample(tokens_BThw, actions_BA, cache, generator)
+            else:
+                new_Bhw = self._observed(observed_Bhw, tokens_BThw)
             if cache is not None:
                 cache = commit_frame(self.dynamics, cache, new_Bhw, self._inputs(actions_BA))
             frame_BCHW, decoder = self.tokenizer.decode_step(new_Bhw, state.decoder)
@@ -184,6 +209,14 @@ class WorldSimulator:
             engine_id=self._id,
         )
         return new.frame_BCHW, new
+
+    def _observed(self, tokens_Bhw: Tensor, window_BThw: Tensor) -> Tensor:
+        expected = (window_BThw.shape[0], *window_BThw.shape[2:])
+        if tuple(tokens_Bhw.shape) != expected:
+            raise ValueError(
+                f"observed tokens must be (B, h, w) = {expected}, got {tuple(tokens_Bhw.shape)}"
+            )
+        return tokens_Bhw.to(self.device, window_BThw.dtype)
 
     def rollout(
         self, prompt: Any, actions: Any, prompt_actions: Any = None, seed: int | None = None
@@ -258,8 +291,9 @@ class WorldSimulator:
         """The window the next frame is made in: the state's, or after a jump by `hop` frames
         with the cache rebuilt from the kept frames. The cache returned may be written to."""
         tokens_BThw, actions_BA, cache = state.tokens_BThw, state.actions_BA, state.cache
-        if tokens_BThw.shape[1] + 1 > self.dynamics.cfg.max_frames:
-            tokens_BThw, actions_BA = tokens_BThw[:, self.hop :], actions_BA[:, self.hop :]
+        drop = frames_to_drop(tokens_BThw.shape[1], self.dynamics.cfg.max_frames, self.hop)
+        if drop:
+            tokens_BThw, actions_BA = tokens_BThw[:, drop:], actions_BA[:, drop:]
             cache = self._prefill(tokens_BThw, actions_BA) if cache is not None else None
         return tokens_BThw, actions_BA, None if cache is None else cache.writable()
 

@@ -16,7 +16,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
-from data_pipeline.loader import Batch, LoaderConfig, ShardLoader
+from data_pipeline.loader import Batch, FrameShardBatches, LoaderConfig
 from simulator.lam import LAMOutput, LatentActionModel
 from simulator.lam_config import LAMConfig, lam_preset
 from worldsim.config import deep_update, load_config
@@ -44,8 +44,10 @@ class LAMTrainConfig:
         return LAMConfig.from_dict(base)
 
 
-class LAMTask:
+class LAMTask(FrameShardBatches):
     """The latent action model's side of `worldsim.train.TrainTask`."""
+
+    cfg: LAMTrainConfig
 
     def __init__(self, cfg: LAMTrainConfig) -> None:
         if cfg.sheet_steps < 1:
@@ -55,16 +57,6 @@ class LAMTask:
 
     def build_model(self) -> LatentActionModel:
         return LatentActionModel(self.model_cfg)
-
-    def train_batches(self, batch_size: int, rank: int, world_size: int, seed: int) -> ShardLoader:
-        data = dataclasses.replace(self.cfg.data, batch_size=batch_size, seed=seed)
-        return ShardLoader(data, rank=rank, world_size=world_size)
-
-    def eval_batches(self, batch_size: int) -> ShardLoader | None:
-        if not self.cfg.eval_shards:
-            return None
-        data = self.cfg.data.for_eval(self.cfg.eval_shards, self.cfg.eval_split, batch_size)
-        return ShardLoader(data, rank=0, world_size=1)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> LAMOutput:
         out: LAMOutput = model(batch.frames)

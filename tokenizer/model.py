@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from tokenizer.config import TokenizerConfig
 from tokenizer.quantizers import build_quantizer
-from worldsim.nn.kv_cache import KVCache, activation_dtype, check_hop
+from worldsim.nn.kv_cache import KVCache, activation_dtype, check_hop, frames_to_drop
 from worldsim.nn.pretrained import PretrainedModel
 from worldsim.nn.st_block import STTransformer
 
@@ -299,8 +299,9 @@ class VideoTokenizer(PretrainedModel):
                 f"tokens for {tokens_B1hw.shape[0]} clips, decoder state for {window_BThw.shape[0]}"
             )
         cache = state.cache
-        if window_BThw.shape[1] + 1 > self.cfg.max_frames:  # jump; rebuild the cache once
-            window_BThw = window_BThw[:, state.hop :]
+        drop = frames_to_drop(window_BThw.shape[1], self.cfg.max_frames, state.hop)
+        if drop:  # the window jumps; rebuild the cache once
+            window_BThw = window_BThw[:, drop:]
             cache = None if cache is None else self._decode_prefill(window_BThw)[1]
         window_BThw = torch.cat([window_BThw, tokens_B1hw.to(window_BThw.dtype)], dim=1)
         if cache is None:

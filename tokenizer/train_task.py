@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from data_pipeline.loader import Batch, LoaderConfig, ShardLoader
+from data_pipeline.loader import Batch, FrameShardBatches, LoaderConfig
 from tokenizer.config import TokenizerConfig, tokenizer_preset
 from tokenizer.model import TokenizerOutput, VideoTokenizer
 from worldsim.config import deep_update
@@ -101,8 +101,10 @@ class TokenizerTrainConfig:
         return TokenizerConfig.from_dict(base)
 
 
-class TokenizerTask:
+class TokenizerTask(FrameShardBatches):
     """The tokenizer's side of `worldsim.train.TrainTask`."""
+
+    cfg: TokenizerTrainConfig
 
     def __init__(self, cfg: TokenizerTrainConfig) -> None:
         self.cfg = cfg
@@ -111,16 +113,6 @@ class TokenizerTask:
 
     def build_model(self) -> VideoTokenizer:
         return VideoTokenizer(self.model_cfg)
-
-    def train_batches(self, batch_size: int, rank: int, world_size: int, seed: int) -> ShardLoader:
-        data = dataclasses.replace(self.cfg.data, batch_size=batch_size, seed=seed)
-        return ShardLoader(data, rank=rank, world_size=world_size)
-
-    def eval_batches(self, batch_size: int) -> ShardLoader | None:
-        if not self.cfg.eval_shards:
-            return None
-        data = self.cfg.data.for_eval(self.cfg.eval_shards, self.cfg.eval_split, batch_size)
-        return ShardLoader(data, rank=0, world_size=1)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> TokenizerOutput:
         frames = self.cfg.augment.apply(batch.frames) if model.training else batch.frames

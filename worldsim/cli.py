@@ -3,7 +3,7 @@
 worldsim data shard SOURCE [SOURCE ...] --out DIR [--config PRESET] [--frames 16 ...]
 worldsim data info DIR [--sheet PNG]
 worldsim data tokenize SHARDS --checkpoint TOKENIZER [--lam LAM] [--split train] [--out DIR]
-worldsim train {tokenizer,lam,dynamics} --config PRESET [key=value ...]
+worldsim train {tokenizer,lam,dynamics,idm} --config PRESET [key=value ...]
 worldsim eval tokenizer --checkpoint DIR --shards DATA [--split test]
 worldsim eval world --tokenizer DIR --lam DIR --dynamics DIR --shards DATA [--split test]
 worldsim eval fvd --real VIDEOS --fake VIDEOS [--clips 2048 --frames 16]
@@ -91,12 +91,19 @@ def _dynamics_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
     return dynamics_task(preset, overrides)
 
 
+def _idm_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
+    from simulator.evaluation.idm_task import idm_task
+
+    return idm_task(preset, overrides)
+
+
 # model -> loader of (TrainTask, TrainConfig) from configs/<model>/<preset>.yaml + overrides; the
 # imports stay inside so only the chosen stage loads.
 TRAIN_TASKS: dict[str, Callable[[str, list[str]], tuple[Any, Any]]] = {
     "tokenizer": _tokenizer_task,
     "lam": _lam_task,
     "dynamics": _dynamics_task,
+    "idm": _idm_task,
 }
 
 
@@ -138,7 +145,7 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _eval_world(args: argparse.Namespace) -> int:
-    from simulator.evaluate import WorldEvalConfig, eval_world_command
+    from simulator.evaluation.world import WorldEvalConfig, eval_world_command
     from simulator.sampling import SamplingConfig
 
     sampling = SamplingConfig(

@@ -94,6 +94,26 @@ def test_the_engine_follows_rollout_tokens_and_decodes_its_window(models) -> Non
         torch.testing.assert_close(frames[:, k - 2], reference, atol=1e-5, rtol=0)
 
 
+def test_observe_appends_real_frames_cached_or_not(models) -> None:
+    """Teacher forcing: observed tokens join the window as sampled ones do (the same window
+    rule, cached or not), and the next step samples from them."""
+    frames, acts, predicted = prompt(frames=12), actions(11, seed=5), []
+    for kv_cache in (True, False):
+        sim = engine(models, kv_cache=kv_cache)
+        real = torch.cat([sim.encode(frames[:, :8]), sim.encode(frames[:, 8:])], dim=1)
+        state, guesses = sim.reset(frames[:, :1], seed=3), []
+        for t in range(11):
+            guesses.append(sim.step(state, acts[:, t])[1].tokens_BThw[:, -1])
+            frame, state = sim.observe(state, acts[:, t], real[:, t + 1])
+        assert torch.equal(state.tokens_BThw, real[:, window_start(11, 8, sim.hop) :])
+        decoded = sim.tokenizer.decode(state.decoder.tokens_BThw)[:, -1]
+        torch.testing.assert_close(frame, decoded, atol=1e-5, rtol=0)
+        predicted.append(torch.stack(guesses, 1))
+    assert torch.equal(predicted[0], predicted[1])
+    with pytest.raises(ValueError, match=r"observed tokens must be \(B, h, w\)"):
+        sim.observe(state, 0, real[:, 0, :2])
+
+
 def test_deterministic_for_a_seed(models) -> None:
     sim = engine(models)
     first = sim.rollout(prompt(1), actions(5), seed=4)

@@ -9,7 +9,7 @@ import torch
 
 from data_pipeline.loader import LoaderConfig, ShardLoader
 from simulator.dynamics import DynamicsModel
-from simulator.evaluate import WorldEvalConfig, evaluate_world
+from simulator.evaluation.world import WorldEvalConfig, evaluate_world
 from simulator.lam import LatentActionModel
 from simulator.sampling import SamplingConfig
 from tokenizer.model import VideoTokenizer

@@ -16,8 +16,9 @@ step): the second one copies its frames out first (copy-on-write), so no cache i
 The window rule: both models learn absolute temporal positions for `max_frames` frames, so frame k
 of a long rollout is produced in the window of frames [start, k] re-based to positions 0..k-start.
 When a new frame would not fit, `start` jumps by `hop` frames and the caches are rebuilt once from
-the kept frames; `window_start` is that rule in closed form, shared by the cached and the uncached
-paths so that both see the same context at every step.
+the kept frames. `frames_to_drop` is that rule, the one place it is written: the engine, the
+tokenizer's step decoder and the samplers (through `window_start`) all follow it, so the cached
+and the uncached paths see the same context at every step.
 """
 
 from __future__ import annotations
@@ -33,13 +34,21 @@ def check_hop(hop: int, max_frames: int) -> None:
         raise ValueError(f"window hop must lie in 1..max_frames-1 = 1..{max_frames - 1}, got {hop}")
 
 
+def frames_to_drop(window: int, max_frames: int, hop: int) -> int:
+    """The window rule: how many of a window's oldest frames go before one more frame joins a
+    window of `window` frames. None while it fits `max_frames`; `hop` frames once it is full."""
+    check_hop(hop, max_frames)
+    return hop if window + 1 > max_frames else 0
+
+
 def window_start(frame: int, max_frames: int, hop: int) -> int:
     """First frame of the window in which frame `frame` (counted from a rollout's first frame)
-    is produced: the smallest multiple of `hop` that leaves at most `max_frames` frames in
-    [start, frame]. A window thus advances by whole hops, once every `hop` frames."""
+    is produced: `frames_to_drop` applied frame after frame from the rollout's start."""
     check_hop(hop, max_frames)
-    excess = frame + 1 - max_frames
-    return 0 if excess <= 0 else -(-excess // hop) * hop
+    start = 0
+    for k in range(1, frame + 1):  # frame k joins the window [start, k - 1]
+        start += frames_to_drop(k - start, max_frames, hop)
+    return start
 
 
 class _Storage:

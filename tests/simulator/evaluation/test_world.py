@@ -26,17 +26,22 @@ from data_pipeline.loader import Batch
 from data_pipeline.schema import Clip, encode_sample
 from simulator.dynamics import ActionInputs, DynamicsModel
 from simulator.dynamics_config import DynamicsConfig, dynamics_preset
-from simulator.eval_figures import write_action_sheet, write_psnr_plot
-from simulator.evaluate import WorldEvalConfig, WorldReport, eval_world_command, evaluate_world
-from simulator.lam import LatentActionModel
-from simulator.lam_config import lam_preset
-from simulator.metrics import (
+from simulator.evaluation.figures import write_action_sheet, write_psnr_plot
+from simulator.evaluation.metrics import (
     CurveMeter,
     delta_t_psnr,
     entropy_bits,
     frame_psnr_per_frame,
     mutual_information_bits,
 )
+from simulator.evaluation.world import (
+    WorldEvalConfig,
+    WorldReport,
+    eval_world_command,
+    evaluate_world,
+)
+from simulator.lam import LatentActionModel
+from simulator.lam_config import lam_preset
 from simulator.sampling import SamplingConfig
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer

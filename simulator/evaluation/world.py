@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from data_pipeline.loader import Batch, LoaderConfig, ShardLoader
 from simulator.dynamics import ActionInputs, DynamicsModel
-from simulator.eval_actions import (
+from simulator.evaluation.actions import (
     ACTION_DRAW,
     LAM,
     RANDOM,
@@ -35,15 +35,15 @@ from simulator.eval_actions import (
     action_sources,
     generator_for,
 )
-from simulator.eval_figures import write_action_sheet, write_psnr_plot
-from simulator.lam import LatentActionModel
-from simulator.metrics import (
+from simulator.evaluation.figures import write_action_sheet, write_psnr_plot
+from simulator.evaluation.metrics import (
     CurveMeter,
     delta_t_psnr,
     entropy_bits,
     frame_psnr_per_frame,
     mutual_information_bits,
 )
+from simulator.lam import LatentActionModel
 from simulator.sampling import (
     SamplingConfig,
     commit_frame,

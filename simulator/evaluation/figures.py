@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from simulator.dynamics import ActionInputs, DynamicsModel
-from simulator.eval_actions import LAM, RANDOM, TRUE, Conditioning, generator_for
+from simulator.evaluation.actions import LAM, RANDOM, TRUE, Conditioning, generator_for
 from simulator.lam import LatentActionModel
 from simulator.sampling import SamplingConfig, rollout_tokens
 from tokenizer.model import VideoTokenizer
