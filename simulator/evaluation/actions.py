@@ -1,20 +1,20 @@
-"""Which actions each evaluation rollout gets: the dynamics model's action inputs, the curve
-names they feed (true, LAM-inferred, uniformly random), and the seeding that keeps the sampler's
-randomness identical across them (Genie's ΔtPSNR compares rollouts with identical samplers and
-seeds).
+"""Which actions an evaluation can steer with: the dynamics model's action inputs, the names of
+the curves they feed, and the seeding that keeps the sampler's randomness identical across them
+(Genie's ΔtPSNR compares rollouts with identical samplers and seeds).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
-from data_pipeline.loader import Batch
-from simulator.dynamics import ActionInputs, DynamicsModel
+from simulator.dynamics import DynamicsModel
 
-TRUE, LAM, RANDOM = "true_actions", "lam_actions", "random_actions"
+# Curves of a world's evaluation: the ceiling, the do-nothing baseline, and the action streams.
+TOKENIZER, COPY = "tokenizer", "copy_first_frame"
+TRUE, RANDOM_TRUE = "true_actions", "random_true_actions"  # the clip's, and uniform true ids
+LAM, RANDOM_LATENT = "lam_actions", "random_latent_actions"  # LAM-read, and uniform latent ids
 
 
 @dataclass
@@ -46,50 +46,6 @@ class Conditioning:
     @property
     def true(self) -> bool:
         return self.discrete is not None or self.continuous is not None
-
-
-def action_sources(
-    cond: Conditioning,
-    batch: Batch,
-    latent_BA: Tensor,
-    num_actions: int,
-    generator: torch.Generator,
-) -> dict[str, ActionInputs]:
-    """Curve name -> actions (A = num_actions) for rollouts of this batch.
-
-    A model on latent actions gets the LAM's and uniformly random ones (its true actions, if it
-    takes them too, are the clip's in both, unless the model is `separable`: then the latent
-    curves get latent actions alone and a third curve the true actions alone); a model on true
-    actions only gets the clip's and, if discrete, uniformly random ones. The random draw uses
-    `generator` so sampling seeds stay equal.
-    """
-    if cond.true and not bool(batch.action_mask.all()):
-        missing = int((~batch.action_mask).sum())
-        raise ValueError(
-            f"the dynamics conditions on true actions but {missing} clips in batch "
-            f"{batch.keys[:3]}... have none"
-        )
-    b, device = latent_BA.shape[0], latent_BA.device
-    true = batch.actions[:, :num_actions].to(device)
-    base = ActionInputs(
-        discrete=true if cond.discrete is not None else None,
-        continuous=true if cond.continuous is not None else None,
-    )
-    if cond.latent is not None:
-        rand = torch.randint(cond.latent, (b, num_actions), generator=generator)
-        with_latent = ActionInputs() if cond.separable else base
-        sources = {
-            LAM: replace(with_latent, latent=latent_BA[:, :num_actions]),
-            RANDOM: replace(with_latent, latent=rand.to(device)),
-        }
-        if cond.separable and cond.true:
-            sources[TRUE] = base
-        return sources
-    sources = {TRUE: base}
-    if cond.discrete is not None:
-        rand = torch.randint(cond.discrete, (b, num_actions), generator=generator)
-        sources[RANDOM] = replace(base, discrete=rand.to(device))
-    return sources
 
 
 SAMPLER, ACTION_DRAW = 0, 1  # generator streams of one batch

@@ -1,4 +1,4 @@
-"""The pictures of `worldsim eval world`: PSNR against horizon, and the latent-action sheet.
+"""The pictures of `worldsim eval world`: metrics against horizon, and the action sheet.
 
 Drawn with PIL (matplotlib is not a dependency): a line chart is a few dozen lines of PIL, and
 the sheet reuses the training monitor's grid writer.
@@ -17,36 +17,58 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from simulator.dynamics import ActionInputs, DynamicsModel
-from simulator.evaluation.actions import LAM, RANDOM, TRUE, Conditioning, generator_for
+from simulator.evaluation.actions import (
+    COPY,
+    LAM,
+    RANDOM_LATENT,
+    RANDOM_TRUE,
+    TOKENIZER,
+    TRUE,
+    Conditioning,
+    generator_for,
+)
 from simulator.lam import LatentActionModel
 from simulator.sampling import SamplingConfig, rollout_tokens
 from tokenizer.model import VideoTokenizer
 from worldsim.train.monitor import to_uint8_clips, write_grid_png
 
 COLORS = {  # curve name -> RGB; unknown names cycle through EXTRA_COLORS
-    "tokenizer": (150, 150, 150),
-    "copy_last_frame": (20, 20, 20),
+    TOKENIZER: (150, 150, 150),
+    COPY: (20, 20, 20),
     TRUE: (31, 119, 180),
+    RANDOM_TRUE: (174, 199, 232),
     LAM: (214, 39, 40),
-    RANDOM: (255, 127, 14),
+    RANDOM_LATENT: (255, 152, 150),
 }
-LABELS = {"tokenizer": "tokenizer (ceiling)", TRUE: "true actions", LAM: "LAM actions"}
+LABELS = {
+    TOKENIZER: "tokenizer (ceiling)",
+    COPY: "copy prompt frame",
+    TRUE: "true actions",
+    RANDOM_TRUE: "random true",
+    LAM: "LAM actions",
+    RANDOM_LATENT: "random latent",
+}
 EXTRA_COLORS = [(44, 160, 44), (148, 103, 189), (140, 86, 75), (227, 119, 194)]
 SIZE, LEFT, RIGHT, TOP, BOTTOM = (720, 420), 56, 170, 48, 44  # pixels: image and plot margins
 
 
 def _y_ticks(lo: float, hi: float) -> list[float]:
-    """Round-numbered ticks (step 1, 2, 5 or 10 dB) covering [lo, hi], about 4-8 of them."""
-    step = next(s for s in (1, 2, 5, 10, 20) if (hi - lo) / s <= 8)
+    """Round-numbered ticks (steps of 1, 2 or 5 times a power of ten) covering [lo, hi], about
+    4-8 of them."""
+    steps = [m * 10.0**e for e in range(-3, 3) for m in (1, 2, 5)]
+    step = next(s for s in steps if (hi - lo) / s <= 8)
     return [step * k for k in range(math.floor(lo / step), math.ceil(hi / step) + 1)]
 
 
-def write_psnr_plot(curves: dict[str, list[float]], title: str, path: str | Path) -> Path:
-    """Line chart of every curve (name -> PSNR in dB at generated frames 1..H)."""
+def write_curve_plot(
+    curves: dict[str, list[float]], title: str, y_label: str, path: str | Path
+) -> Path:
+    """Line chart of every curve (name -> value at generated frames 1..H)."""
     values = [v for c in curves.values() for v in c if math.isfinite(v)]
     if not values:
-        raise ValueError("no finite PSNR values to plot")
-    ticks = _y_ticks(min(values) - 0.5, max(values) + 0.5)
+        raise ValueError("no finite values to plot")
+    pad = max(values) - min(values) or 1.0
+    ticks = _y_ticks(min(values) - 0.05 * pad, max(values) + 0.05 * pad)
     lo, hi = ticks[0], ticks[-1]
     width, height = SIZE
     x0, x1, y0, y1 = LEFT, width - RIGHT, height - BOTTOM, TOP  # plot box, y grows downwards
@@ -71,7 +93,7 @@ def write_psnr_plot(curves: dict[str, list[float]], title: str, path: str | Path
     draw.text((x0, 6), title, fill="black", font=font)
     draw.text(((x0 + x1) / 2, height - 14), "generated frame (prompt = frame 0)", fill="black",
               font=font, anchor="ma")  # fmt: skip
-    draw.text((8, y1 - 20), "PSNR (dB)", fill="black", font=font)
+    draw.text((8, y1 - 20), y_label, fill="black", font=font)
     for i, (name, curve) in enumerate(curves.items()):
         color = COLORS.get(name, EXTRA_COLORS[i % len(EXTRA_COLORS)])
         points = [xy(k, v) for k, v in enumerate(curve, start=1) if math.isfinite(v)]

@@ -1,20 +1,29 @@
-"""Pure world-model metrics on pixel clips in [-1, 1]: per-frame PSNR, Genie's ΔtPSNR, the
-mean-over-clips PSNR-vs-horizon curve, and how much latent actions say about true ones.
+"""Pure world-model metrics on pixel clips in [-1, 1]: per-frame PSNR and SSIM, Genie's ΔtPSNR,
+the mean-over-clips curve against horizon, and how much latent actions say about true ones.
 
 Conventions follow `tokenizer.model.frame_psnr`: predictions are clamped to [-1, 1], the peak-to-
 peak range is 2 (so PSNR = 10 log10(4 / MSE)), MSE is over C, H, W of one frame, and averages are
 taken over per-frame PSNRs, never over pooled MSE.
 
-References: Bruce et al. 2024, "Genie: Generative Interactive Environments" (ΔtPSNR, section 4).
+SSIM is scikit-image's `structural_similarity(..., gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=2)` per frame, averaged over channels: the same Gaussian
+window (radius 5), the same constants, and the same crop of the border the window does not fit.
+
+References: Bruce et al. 2024, "Genie: Generative Interactive Environments" (ΔtPSNR, section 4);
+Wang et al. 2004, "Image Quality Assessment: From Error Visibility to Structural Similarity".
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 PEAK_SQUARED = 4.0  # (max - min)^2 of pixels in [-1, 1]
 MIN_MSE = 1e-10  # identical frames would give infinite PSNR; this caps it at 106 dB
+SSIM_SIGMA, SSIM_RADIUS = 1.5, 5  # scikit-image's Gaussian window: radius int(3.5 * 1.5 + 0.5)
+SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
 def frame_psnr_per_frame(pred_BTCHW: Tensor, target_BTCHW: Tensor) -> Tensor:
@@ -26,6 +35,35 @@ def frame_psnr_per_frame(pred_BTCHW: Tensor, target_BTCHW: Tensor) -> Tensor:
         )
     err = (pred_BTCHW.float().clamp(-1, 1) - target_BTCHW.float()).pow(2).mean(dim=(2, 3, 4))
     return 10 * torch.log10(PEAK_SQUARED / err.clamp_min(MIN_MSE))
+
+
+def frame_ssim_per_frame(pred_BTCHW: Tensor, target_BTCHW: Tensor) -> Tensor:
+    """SSIM of every frame, (B, T) float64, pixels in [-1, 1] (see the module docstring)."""
+    if pred_BTCHW.shape != target_BTCHW.shape or pred_BTCHW.ndim != 5:
+        raise ValueError(
+            "pred and target must both be (B, T, C, H, W) of one shape, got "
+            f"{tuple(pred_BTCHW.shape)} and {tuple(target_BTCHW.shape)}"
+        )
+    b, t, c, h, w = pred_BTCHW.shape
+    if min(h, w) < 2 * SSIM_RADIUS + 1:
+        raise ValueError(
+            f"SSIM's window needs frames of >= {2 * SSIM_RADIUS + 1} pixels, got {h}x{w}"
+        )
+    x = rearrange(pred_BTCHW.double().clamp(-1, 1), "b t c h w -> (b t) c h w")
+    y = rearrange(target_BTCHW.double(), "b t c h w -> (b t) c h w")
+    r = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64, device=x.device)
+    g = torch.exp(-0.5 * (r / SSIM_SIGMA) ** 2)
+    g = g / g.sum()
+    rows, cols = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), g.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+
+    def blur(z: Tensor) -> Tensor:  # "valid": only where the whole window fits, as cropped
+        return F.conv2d(F.conv2d(z, rows, groups=c), cols, groups=c)
+
+    ux, uy = blur(x), blur(y)
+    vx, vy, vxy = blur(x * x) - ux * ux, blur(y * y) - uy * uy, blur(x * y) - ux * uy
+    c1, c2 = (SSIM_K1 * 2) ** 2, (SSIM_K2 * 2) ** 2  # data range 2
+    ssim = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return ssim.mean(dim=(1, 2, 3)).view(b, t)
 
 
 def delta_t_psnr(

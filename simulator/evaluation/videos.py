@@ -111,3 +111,46 @@ def _shard_clips(path: Path) -> Iterator[tuple[str, np.ndarray]]:
 
     for sample in iter_shard_samples(os.fspath(path), on_error):
         yield f"{path.name}#{sample.get('__key__', '?')}", decode_sample(sample).frames
+
+
+@dataclass
+class PairedReport:
+    """PSNR and SSIM of generated videos against their references, paired in order."""
+
+    pairs: int
+    psnr: list[float]  # mean over pairs of frame t's PSNR (dB), t = 0..frames-1
+    ssim: list[float]
+    real: str
+    fake: str
+
+    def render(self) -> str:
+        marks = sorted({0, len(self.psnr) // 2, len(self.psnr) - 1})
+        at = " / ".join(f"{self.psnr[t]:.2f} dB, {self.ssim[t]:.3f}" for t in marks)
+        return (
+            f"{self.pairs} video pairs ({self.fake} against {self.real}): mean PSNR "
+            f"{sum(self.psnr) / len(self.psnr):.2f} dB, SSIM {sum(self.ssim) / len(self.ssim):.3f}"
+            f"; at frame {' / '.join(map(str, marks))}: {at}"
+        )
+
+
+def paired_metrics(real: VideoSet, fake: VideoSet, frames: int) -> PairedReport:
+    """Per-frame PSNR/SSIM of the i-th fake video against the i-th real one, over their first
+    `frames` frames. ValueError names a pair whose shapes differ or that is too short."""
+    import torch
+
+    from simulator.evaluation.metrics import CurveMeter, frame_psnr_per_frame, frame_ssim_per_frame
+
+    psnr, ssim, pairs = CurveMeter(), CurveMeter(), 0
+    for (real_name, r), (fake_name, f) in zip(iter_videos(real), iter_videos(fake), strict=False):
+        if min(len(r), len(f)) < frames or r.shape[1:] != f.shape[1:]:
+            raise ValueError(
+                f"{fake_name} {f.shape} and {real_name} {r.shape} cannot be compared over "
+                f"{frames} frames: they need one frame size and at least {frames} frames"
+            )
+        clips = [torch.from_numpy(v[:frames]).permute(0, 3, 1, 2)[None] / 127.5 - 1 for v in (f, r)]
+        psnr.add(frame_psnr_per_frame(*clips))
+        ssim.add(frame_ssim_per_frame(*clips))
+        pairs += 1
+    if not pairs:
+        raise ValueError(f"no video pairs in {real.spec} and {fake.spec}")
+    return PairedReport(pairs, psnr.mean(), ssim.mean(), real.spec, fake.spec)

@@ -11,7 +11,7 @@ from data_pipeline.loader import LoaderConfig, ShardLoader
 from simulator.dynamics import DynamicsModel
 from simulator.evaluation.world import WorldEvalConfig, evaluate_world
 from simulator.lam import LatentActionModel
-from simulator.sampling import SamplingConfig
+from simulator.sampling_config import SamplingConfig
 from tokenizer.model import VideoTokenizer
 
 RELEASED = Path(__file__).parents[2] / "checkpoints"
@@ -29,9 +29,9 @@ def test_released_world_model_is_steered_by_latent_actions(heldout_coinrun: Path
     sampling = SamplingConfig(steps=4)
     eval_cfg = WorldEvalConfig(horizon=4, delta_t=4, sampling=sampling, max_batches=1)
     torch.manual_seed(0)
-    report = evaluate_world(tokenizer, dynamics, lam, loader, eval_cfg)
+    report = evaluate_world(tokenizer, dynamics, lam, loader, eval_cfg).report
     assert report.clips == 6
     # +4.8 dB over 48 held-out clips (checkpoints/dynamics_coinrun/report.json).
-    assert report.delta_t_psnr_db is not None and report.delta_t_psnr_db > 1.0
-    lam_curve, random_curve = report.curves["lam_actions"], report.curves["random_actions"]
+    assert report.delta_t_psnr["latent"] > 1.0
+    lam_curve, random_curve = report.psnr["lam_actions"], report.psnr["random_latent_actions"]
     assert all(a > b for a, b in zip(lam_curve, random_curve, strict=True))

@@ -22,7 +22,8 @@ from simulator.evaluation.fvd import (
     legacy_bilinear_matrix,
     preprocess,
 )
-from simulator.evaluation.videos import iter_videos, resolve_video_set
+from simulator.evaluation.videos import iter_videos, paired_metrics, resolve_video_set
+from worldsim.cli import main
 
 
 class StandIn(nn.Module):
@@ -138,3 +139,16 @@ def test_frames_folders_and_shards_are_video_sets(tmp_path: Path) -> None:
     clips = list(iter_videos(shards))
     assert shards.kind == "shards" and clips and clips[0][1].shape == (16, 32, 32, 3)
     assert clips[0][0].startswith("train-000000.tar#procgen-coinrun")
+
+
+def test_eval_videos_pairs_videos_in_order(tmp_path: Path, capsys) -> None:
+    real = write_gif_set(tmp_path / "real", 0, n=3)
+    report = paired_metrics(resolve_video_set(str(real)), resolve_video_set(str(real)), 12)
+    assert report.pairs == 3 and len(report.psnr) == 12
+    assert min(report.psnr) > 100 and report.ssim == pytest.approx([1.0] * 12)
+    fake = write_gif_set(tmp_path / "fake", 1, n=3)
+    assert main(["eval", "videos", "--real", str(real), "--fake", str(fake), "--frames", "12"]) == 0
+    assert "3 video pairs" in capsys.readouterr().out
+    short = write_gif_set(tmp_path / "short", 1, n=3, frames=8)
+    with pytest.raises(ValueError, match="cannot be compared over 12 frames"):
+        paired_metrics(resolve_video_set(str(real)), resolve_video_set(str(short)), 12)

@@ -1,18 +1,20 @@
-"""World-model evaluation: hand-computed metrics, and a fake world where the answers are known.
+"""The evaluation suite, through the engine, on a fake world where the answers are known.
 
 The fake world: a frame is a 2x2 grid of flat quadrants, each at one of K brightness levels
 (plus a little noise); the fake tokenizer reads the levels as tokens. Each step, every level
 moves by the clip's action a_t (mod K). The fake LAM reads a_t back from the pixels, and the fake
 dynamics applies the action it is given, so with LAM-inferred (or true) actions a rollout must
-reproduce the real tokens exactly and score the tokenizer's own PSNR.
+reproduce the real tokens exactly and score the tokenizer's own PSNR. A fake IDM reads the move
+back, so a perfect world is fully controllable.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
+from types import SimpleNamespace
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -26,32 +28,24 @@ from data_pipeline.loader import Batch
 from data_pipeline.schema import Clip, encode_sample
 from simulator.dynamics import ActionInputs, DynamicsModel
 from simulator.dynamics_config import DynamicsConfig, dynamics_preset
-from simulator.evaluation.figures import write_action_sheet, write_psnr_plot
-from simulator.evaluation.metrics import (
-    CurveMeter,
-    delta_t_psnr,
-    entropy_bits,
-    frame_psnr_per_frame,
-    mutual_information_bits,
-)
-from simulator.evaluation.world import (
-    WorldEvalConfig,
-    WorldReport,
-    eval_world_command,
-    evaluate_world,
-)
+from simulator.evaluation.figures import write_action_sheet
+from simulator.evaluation.world import WorldEvalConfig, evaluate_world
+from simulator.evaluation.world_report import WorldReport, write_world_outputs
 from simulator.lam import LatentActionModel
 from simulator.lam_config import lam_preset
-from simulator.sampling import SamplingConfig
+from simulator.sampling_config import SamplingConfig
+from simulator.world_checkpoint import save_world
+from tests.simulator.evaluation.test_fvd import StandIn
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
-from worldsim.nn.attention import set_query_by_query
+from worldsim.cli import main
 
-K, GRID, SIDE, NUM_ACTIONS = 11, 2, 4, 4  # levels (= codes), tokens per side, pixels, actions
+K, GRID, SIDE, NUM_ACTIONS = 11, 2, 12, 4  # levels (= codes), tokens per side, pixels, actions
 
 
 class FakeTokenizer(nn.Module):
     num_codes = K
+    cfg = SimpleNamespace(image_size=SIDE, max_frames=16, grid=GRID)
 
     def encode(self, frames_BTCHW: Tensor) -> Tensor:
         quadrants = F.avg_pool2d(rearrange(frames_BTCHW, "b t c h w -> (b t) c h w"), SIDE // 2)
@@ -63,7 +57,7 @@ class FakeTokenizer(nn.Module):
         up = repeat(pixels, "b t h w -> b t c (h p) (w q)", c=3, p=SIDE // 2, q=SIDE // 2)
         return up.contiguous()
 
-    def decode_start(self, tokens_BThw: Tensor) -> tuple[Tensor, None]:
+    def decode_start(self, tokens_BThw: Tensor, hop=None, cached=True) -> tuple[Tensor, None]:
         return self.decode(tokens_BThw), None  # frames decode independently: no state
 
     def decode_step(self, tokens_Bhw: Tensor, state: None) -> tuple[Tensor, None]:
@@ -101,8 +95,24 @@ class FakeDynamics(nn.Module):
     def transform(self, x: Tensor) -> Tensor:
         return x
 
+    def check_compatible(self, tokenizer=None, lam=None) -> None:
+        return None
+
     def head(self, x: Tensor) -> Tensor:
         return x
+
+
+class FakeIDM(nn.Module):
+    """Reads the action from the level change of quadrant 0: exact on the fake world's frames."""
+
+    cfg = SimpleNamespace(num_classes=NUM_ACTIONS, group_names=["a0", "a1", "a2", "a3"])
+
+    def classes(self, actions: Tensor) -> Tensor:
+        return actions
+
+    def predict(self, prev_BCHW: Tensor, next_BCHW: Tensor) -> Tensor:
+        levels = FakeTokenizer().encode(torch.stack([prev_BCHW, next_BCHW], 1))[:, :, 0, 0]
+        return 10.0 * F.one_hot((levels[:, 1] - levels[:, 0]) % K, K)[:, :NUM_ACTIONS].float()
 
 
 def fake_batch(b: int = 3, t: int = 16, seed: int = 0, with_actions: bool = True) -> Batch:
@@ -121,76 +131,50 @@ def fake_batch(b: int = 3, t: int = 16, seed: int = 0, with_actions: bool = True
     )
 
 
-def run(dynamics: FakeDynamics, batches: list[Batch] | None = None, **cfg) -> WorldReport:
+def run(dynamics: FakeDynamics, batches: list[Batch] | None = None, idm=None, **cfg) -> WorldReport:
     cfg.setdefault("sampling", SamplingConfig(steps=2))
     cfg.setdefault("kv_cache", False)  # the fakes compute logits without a transformer
     loader = batches if batches is not None else [fake_batch(seed=0), fake_batch(seed=1)]
-    return evaluate_world(FakeTokenizer(), dynamics, FakeLAM(), loader, WorldEvalConfig(**cfg))
-
-
-def test_frame_psnr_by_hand() -> None:
-    target = torch.zeros(1, 3, 3, 2, 2)
-    pred = torch.stack([torch.full((3, 2, 2), v) for v in (0.2, 0.02, 3.0)])[None]  # (1,3,C,H,W)
-    # MSE 0.04 -> 10 log10(4 / 0.04) = 20 dB; 4e-4 -> 40 dB; 3.0 clamps to 1: MSE 1 -> 6.0206 dB.
-    psnr = frame_psnr_per_frame(pred, target)
-    torch.testing.assert_close(psnr, torch.tensor([[20.0, 40.0, 10 * math.log10(4)]]))
-
-
-def test_delta_t_psnr_by_hand() -> None:
-    real = torch.zeros(2, 6, 3, 2, 2)
-    inferred, random = torch.zeros_like(real), torch.zeros_like(real)
-    inferred[0, 4], random[0, 4] = 0.2, 0.4  # 20 dB vs 10 log10(4 / 0.16) = 13.9794 dB
-    inferred[1, 4], random[1, 4] = 0.02, -0.2  # 40 dB vs 20 dB
-    random[:, 3] = 0.9  # frames other than t = 4 must not count
-    expected = ((20 - 13.979400) + (40 - 20)) / 2  # 13.0103 dB
-    assert delta_t_psnr(real, inferred, random, t=4) == pytest.approx(expected, abs=1e-4)
-    with pytest.raises(ValueError, match="t=4 needs clips of at least 5 frames.*got 4"):
-        delta_t_psnr(real[:, :4], inferred[:, :4], random[:, :4], t=4)
-
-
-def test_mutual_information_by_hand() -> None:
-    # Two latent actions, four true ones: the latent action names the pair {0, 1} or {2, 3}.
-    joint = torch.tensor([[5, 5, 0, 0], [0, 0, 5, 5]])
-    assert entropy_bits(joint.sum(0)) == pytest.approx(2.0)
-    assert mutual_information_bits(joint) == pytest.approx(1.0)  # one of the two bits
-    assert mutual_information_bits(torch.full((3, 4), 7)) == pytest.approx(0.0, abs=1e-12)
-
-
-def test_curve_meter_averages_over_clips() -> None:
-    meter = CurveMeter()
-    meter.add(torch.tensor([[10.0, 20.0], [20.0, 30.0]]))
-    meter.add(torch.tensor([[40.0, 10.0]]))
-    assert meter.mean() == pytest.approx([70 / 3, 20.0]) and meter.clips == 3
-    with pytest.raises(ValueError, match="curve length changed from 2 to 3"):
-        meter.add(torch.zeros(1, 3))
+    evaluation = evaluate_world(
+        FakeTokenizer(), dynamics, FakeLAM(), loader, WorldEvalConfig(**cfg), idm
+    )
+    return evaluation.report
 
 
 def test_perfect_latent_dynamics_scores_the_tokenizer_ceiling() -> None:
     report = run(FakeDynamics("latent"), horizon=8)
-    curves = report.curves
-    assert set(curves) == {"tokenizer", "copy_last_frame", "lam_actions", "random_actions"}
-    assert all(len(c) == 8 for c in curves.values()) and report.clips == 6
-    assert curves["lam_actions"] == pytest.approx(curves["tokenizer"], abs=1e-9)
-    assert report.next_frame_psnr_db == pytest.approx(report.tokenizer_psnr_db, abs=1e-9)
-    assert report.tokenizer_psnr_db > 35  # only the +-0.02 noise is lost
-    for baseline in ("random_actions", "copy_last_frame"):
-        assert sum(curves[baseline][2:]) / 6 < report.tokenizer_psnr_db - 10
-    assert report.next_frame_copy_psnr_db < 25
-    expected = curves["lam_actions"][3] - curves["random_actions"][3]
-    assert report.delta_t_psnr_db == pytest.approx(expected, abs=1e-4) and expected > 10
-    assert report.delta_t_actions == "latent" and report.conditioning == ["latent"]
+    assert set(report.psnr) == {
+        "tokenizer",
+        "copy_first_frame",
+        "lam_actions",
+        "random_latent_actions",
+    }
+    assert all(len(c) == 8 for c in report.psnr.values()) and report.clips == 6
+    ceiling = report.psnr["tokenizer"]
+    assert report.psnr["lam_actions"] == pytest.approx(ceiling, abs=1e-9)
+    assert report.ssim["lam_actions"] == pytest.approx(report.ssim["tokenizer"], abs=1e-9)
+    nf = report.next_frame  # teacher forcing: every frame from the real past, exactly
+    assert nf["psnr"] == pytest.approx(sum(ceiling) / 8, abs=1e-6) and nf["psnr"] > 35
+    assert nf["copy_psnr"] < 25 and nf["pooled_psnr"] > nf["copy_pooled_psnr"] + 10
+    assert sum(report.psnr["random_latent_actions"][2:]) / 6 < sum(ceiling) / 8 - 10
+    expected = report.psnr["lam_actions"][3] - report.psnr["random_latent_actions"][3]
+    assert report.delta_t_psnr == {"latent": pytest.approx(expected, abs=1e-4)} and expected > 10
     assert sum(report.latent_action_counts) == 6 * 8 and len(report.latent_action_counts) == 4
     # The fake LAM reads the true actions exactly, so it carries all of their information.
-    assert report.true_action_entropy_bits is not None and report.true_action_entropy_bits > 1.5
-    assert report.latent_true_mutual_info_bits == pytest.approx(report.true_action_entropy_bits)
-    assert report.warnings() == {}
+    assert report.true_action_entropy_bits is None  # a latent-only model: no true stream
+    assert report.warnings() == {} and report.controllability is None and report.fvd is None
 
 
 def test_true_action_dynamics_gets_true_and_random_curves() -> None:
     report = run(FakeDynamics("discrete"), horizon=6)
-    assert set(report.curves) == {"tokenizer", "copy_last_frame", "true_actions", "random_actions"}
-    assert report.curves["true_actions"] == pytest.approx(report.curves["tokenizer"], abs=1e-9)
-    assert report.delta_t_actions == "discrete" and report.delta_t_psnr_db > 10
+    assert set(report.psnr) == {
+        "tokenizer",
+        "copy_first_frame",
+        "true_actions",
+        "random_true_actions",
+    }
+    assert report.psnr["true_actions"] == pytest.approx(report.psnr["tokenizer"], abs=1e-9)
+    assert set(report.delta_t_psnr) == {"true"} and report.delta_t_psnr["true"] > 10
     with pytest.raises(ValueError, match="conditions on true actions but 2 clips"):
         run(FakeDynamics("discrete"), [fake_batch(b=2, with_actions=False)], horizon=6)
 
@@ -199,8 +183,8 @@ class SeparableFakeDynamics(FakeDynamics):
     """A fake trained with source dropout on latent and true actions: it must be steered by one
     source at a time."""
 
-    def __init__(self) -> None:
-        super().__init__("latent")
+    def __init__(self, noisy: bool = False) -> None:
+        super().__init__("latent", noisy=noisy)
         self.cfg.action_sources, self.cfg.source_dropout = ["latent", "discrete"], 0.5
 
     def embed(self, tokens_BThw: Tensor, mask: Tensor, actions: ActionInputs) -> Tensor:
@@ -210,40 +194,70 @@ class SeparableFakeDynamics(FakeDynamics):
         return super().embed(tokens_BThw, mask, actions)
 
 
-def test_separable_dynamics_gets_latent_and_true_action_curves() -> None:
-    report = run(SeparableFakeDynamics(), horizon=6)
-    assert set(report.curves) == {
-        "tokenizer", "copy_last_frame", "lam_actions", "random_actions", "true_actions"
+def test_separable_dynamics_gets_every_stream_and_is_controllable() -> None:
+    report = run(SeparableFakeDynamics(), horizon=6, idm=FakeIDM())
+    assert set(report.psnr) == {
+        "tokenizer", "copy_first_frame", "lam_actions", "random_latent_actions", "true_actions",
+        "random_true_actions",
     }  # fmt: skip
     for steered in ("lam_actions", "true_actions"):
-        assert report.curves[steered] == pytest.approx(report.curves["tokenizer"], abs=1e-9)
-    assert report.delta_t_actions == "latent" and report.delta_t_psnr_db > 10
+        assert report.psnr[steered] == pytest.approx(report.psnr["tokenizer"], abs=1e-9)
+    assert set(report.delta_t_psnr) == {"latent", "true"}
+    assert min(report.delta_t_psnr.values()) > 10
+    assert report.latent_true_mutual_info_bits == pytest.approx(report.true_action_entropy_bits)
+    control = report.controllability
+    assert control["generated"]["accuracy"] == control["real"]["accuracy"] == 1.0
+    assert control["generated"]["transitions"] == 6 * 6 and report.controllability_share() == 1.0
+    assert control["floor"]["accuracy"] < 0.6
+    blind = run(SeparableFakeDynamics(noisy=True), horizon=6, idm=FakeIDM())
+    assert blind.controllability["generated"]["accuracy"] < 0.6  # a world that ignores the keys
+    assert "of the ceiling" in blind.render()
 
 
 def test_context_slides_past_max_frames() -> None:
     report = run(FakeDynamics("latent", max_frames=4), horizon=9)
-    assert report.curves["lam_actions"] == pytest.approx(report.curves["tokenizer"], abs=1e-9)
-    assert report.next_frame_psnr_db == pytest.approx(report.tokenizer_psnr_db, abs=1e-9)
+    assert report.psnr["lam_actions"] == pytest.approx(report.psnr["tokenizer"], abs=1e-9)
+    assert report.next_frame["psnr"] == pytest.approx(sum(report.psnr["tokenizer"]) / 9, abs=1e-6)
 
 
 def test_deterministic_for_a_seed_and_varies_with_it() -> None:
     noisy = FakeDynamics("latent", noisy=True)
     first, again = run(noisy, seed=3, horizon=5), run(noisy, seed=3, horizon=5)
     assert first == again
-    assert run(noisy, seed=4, horizon=5).curves != first.curves
-    assert "WARNING: lam_actions loses to copy-the-last-frame" in first.render()
+    assert run(noisy, seed=4, horizon=5).psnr != first.psnr
+    assert "WARNING: lam_actions loses to copying the prompt frame" in first.render()
 
 
-def test_report_json_round_trip_and_render(tmp_path: Path) -> None:
-    report = run(FakeDynamics("latent"), horizon=5, max_batches=1)
-    assert report.clips == 3
+def test_fvd_of_the_rollouts_is_reported_with_its_protocol() -> None:
+    cfg = WorldEvalConfig(horizon=9, sampling=SamplingConfig(steps=2), kv_cache=False, fvd_clips=4)
+    batches = [fake_batch(seed=0), fake_batch(seed=1)]
+    report = evaluate_world(
+        FakeTokenizer(), FakeDynamics("latent"), FakeLAM(), batches, cfg, i3d=StandIn()
+    ).report
+    assert report.fvd["clips"] == 4 and report.fvd["frames"] == 10
+    assert "small: 4 clips" in report.fvd["protocol"] and report.fvd["fvd"] >= 0
+
+
+def test_report_round_trip_render_and_files(tmp_path: Path) -> None:
+    evaluation = evaluate_world(
+        FakeTokenizer(), SeparableFakeDynamics(), FakeLAM(), [fake_batch(seed=0)],
+        WorldEvalConfig(horizon=5, sampling=SamplingConfig(steps=2), kv_cache=False), FakeIDM(),
+    )  # fmt: skip
+    report = evaluation.report
     assert WorldReport.from_json(report.to_json()) == report
     with pytest.raises(ValueError, match="not a world-model report"):
         WorldReport.from_json(json.dumps({"clips": 3}))
     text = report.render()
-    assert "ΔtPSNR (t=4, latent actions" in text and "next-frame PSNR" in text
-    path = write_psnr_plot(report.curves, report.plot_title(), tmp_path / "plot.png")
-    assert Image.open(path).size == (720, 420) and not list(tmp_path.glob("*.tmp"))
+    for part in ("ΔtPSNR (t=4, latent", "next frame (teacher-forced)", "controllability"):
+        assert part in text
+    files = write_world_outputs(report, evaluation.samples, tmp_path)
+    assert Image.open(files["psnr"]).size == (720, 420) and files["ssim"].is_file()
+    with av.open(str(files["video"])) as video:
+        stream = video.streams.video[0]
+        assert (stream.height, stream.width) == (3 * 3 * SIDE, 3 * 5 * SIDE)  # 3 clips x 5 videos
+    assert json.loads(files["report"].read_text())["clips"] == 3 and not list(
+        tmp_path.glob("*.tmp")
+    )
 
 
 def test_bad_inputs_name_the_lengths() -> None:
@@ -253,6 +267,8 @@ def test_bad_inputs_name_the_lengths() -> None:
         run(FakeDynamics(), horizon=3)
     with pytest.raises(ValueError, match="yielded no clips"):
         run(FakeDynamics(), [])
+    with pytest.raises(ValueError, match="FVD needs clips of >= 9 frames"):
+        run(FakeDynamics(), horizon=5, fvd_clips=8)
 
 
 def test_action_sheet_shows_each_action_repeated(tmp_path: Path) -> None:
@@ -270,7 +286,7 @@ def test_action_sheet_shows_each_action_repeated(tmp_path: Path) -> None:
             level = (int(start[r]) + 4 * a) % K
             expected = round((level / (K - 1) * 2 - 1 + 1) * 127.5)
             assert sheet[r * cell + 2, (1 + a) * cell + 2, 0] == expected
-    bars = sheet[2 * cell + 2 : 3 * cell - 2, cell + 3 :: cell]  # bar middles (rows, actions, 3)
+    bars = sheet[2 * cell + 2 : 3 * cell - 2, cell + 2 + SIDE // 2 :: cell]  # bar middles
     heights = [(bars[:, a, 1] < 100).sum() for a in range(NUM_ACTIONS)]
     assert heights[2] == SIDE and heights[1] == heights[3] == 0 and 0 < heights[0] < SIDE
 
@@ -283,56 +299,51 @@ def _write_frame_shards(folder: Path, clips: int, t: int) -> None:
             sink.write(encode_sample(f"clip{i}", Clip(frames, rng.integers(0, 15, t), {})))
 
 
-def test_command_with_real_tiny_models(tmp_path: Path) -> None:
+def tiny_world(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    paths = {}
-    for name, model in {
-        "tokenizer": VideoTokenizer(tokenizer_preset("tiny")),
-        "lam": LatentActionModel(lam_preset("tiny")),
-        "dynamics": DynamicsModel(dynamics_preset("tiny")),
-    }.items():
-        model.save_pretrained(tmp_path / name)
-        paths[name] = str(tmp_path / name)
-    _write_frame_shards(tmp_path, clips=3, t=5)
-    cfg = WorldEvalConfig(horizon=3, delta_t=2, sampling=SamplingConfig(steps=2))
-    out = tmp_path / "eval"
-    code = eval_world_command(
-        paths["tokenizer"], paths["lam"], paths["dynamics"], str(tmp_path / "test-*.tar"),
-        out_dir=str(out), batch_size=2, max_batches=1, cfg=cfg, sheet_rows=2, sheet_steps=2,
+    return save_world(
+        tmp_path / "world", VideoTokenizer(tokenizer_preset("tiny")),
+        DynamicsModel(dynamics_preset("tiny")), LatentActionModel(lam_preset("tiny")),
     )  # fmt: skip
-    assert code == 0
+
+
+def test_command_with_real_tiny_models(tmp_path: Path, capsys) -> None:
+    world = tiny_world(tmp_path)
+    _write_frame_shards(tmp_path, clips=3, t=5)
+    out = tmp_path / "eval"
+    assert main(["eval", "world", "--world", str(world), "--shards", str(tmp_path / "test-*.tar"),
+                 "--out", str(out), "--batch-size", "2", "--max-batches", "1", "--horizon", "3",
+                 "--delta-t", "2", "--steps", "2"]) == 0  # fmt: skip
+    assert "ΔtPSNR (t=2, latent actions" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
-    assert report["clips"] == 2 and len(report["curves"]["lam_actions"]) == 3
-    assert report["dynamics"] == paths["dynamics"] and report["split"] == "test"
+    assert report["clips"] == 2 and len(report["psnr"]["lam_actions"]) == 3
+    assert report["dynamics"] == str(world) and report["split"] == "test"
     assert Image.open(out / "psnr_vs_horizon.png").size == (720, 420)
     lam_actions = dynamics_preset("tiny").num_latent_actions
-    assert Image.open(out / "latent_actions.png").size == ((1 + lam_actions) * 20, 3 * 20)
+    sheet = Image.open(out / "latent_actions.png").size  # 3 clips (of 4 asked for) + usage row
+    assert sheet == ((1 + lam_actions) * 20, 4 * 20)
+    assert (out / "rollouts.mp4").stat().st_size > 0
 
 
-def test_cached_evaluation_matches_the_reference() -> None:
-    torch.manual_seed(0)
-    tokenizer = VideoTokenizer(tokenizer_preset("tiny"))
-    lam = LatentActionModel(lam_preset("tiny"))
-    dynamics = DynamicsModel(dynamics_preset("tiny"))  # window jumps: test_sampling covers them
-    for model in (tokenizer, dynamics):
-        set_query_by_query(model)
+def test_cached_evaluation_matches_the_reference(tmp_path: Path) -> None:
+    world = tiny_world(tmp_path)  # window jumps: test_engine covers them
+    from simulator.world_checkpoint import load_world
+
+    parts = load_world(world)
     rng = np.random.default_rng(0)
     frames = torch.from_numpy(rng.uniform(-1, 1, (2, 8, 3, 16, 16)).astype(np.float32))
-    actions, mask = torch.zeros(2, 8, dtype=torch.long), torch.ones(2, dtype=torch.bool)
-    batch = Batch(frames, actions, mask, ["a", "b"])
+    batch = Batch(
+        frames, torch.zeros(2, 8, dtype=torch.long), torch.ones(2, dtype=torch.bool), ["a", "b"]
+    )
     reports = [
         evaluate_world(
-            tokenizer,
-            dynamics,
-            lam,
-            [batch],
+            parts.tokenizer, parts.dynamics, parts.lam, [batch],
             WorldEvalConfig(horizon=7, delta_t=2, sampling=SamplingConfig(steps=2), kv_cache=c),
-        )  # fmt: skip
+        ).report
         for c in (False, True)
-    ]
-    uncached, cached = reports[0].curves, reports[1].curves
+    ]  # fmt: skip
+    uncached, cached = reports[0].psnr, reports[1].psnr
     assert uncached.keys() == cached.keys()
     for name in uncached:  # pytest.approx compares flat sequences only, not dicts of lists
         assert uncached[name] == pytest.approx(cached[name], abs=1e-4), name
-    assert reports[0].next_frame_psnr_db == pytest.approx(reports[1].next_frame_psnr_db, abs=1e-4)
-    assert reports[0].delta_t_psnr_db == pytest.approx(reports[1].delta_t_psnr_db, abs=1e-4)
+    assert reports[0].next_frame["psnr"] == pytest.approx(reports[1].next_frame["psnr"], abs=1e-4)

@@ -1,0 +1,146 @@
+"""What `worldsim eval world` reports: `WorldReport` (JSON, text), and the files it writes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_pipeline.manifest import write_atomic
+from simulator.evaluation.actions import COPY, LAM, TRUE
+from simulator.evaluation.figures import write_curve_plot
+from worldsim.train.monitor import write_side_by_side_mp4
+
+
+@dataclass
+class WorldReport:
+    clips: int
+    horizon: int
+    conditioning: list[str]  # action inputs the dynamics takes: latent, discrete, continuous
+    sampling: dict[str, Any]
+    seed: int
+    psnr: dict[str, list[float]]  # curve -> mean PSNR (dB) of generated frame k, k = 1..H
+    ssim: dict[str, list[float]]  # curve -> mean SSIM of generated frame k
+    # Teacher-forced frame t+1 from the real frames 0..t, against copying frame t: mean PSNR
+    # and SSIM, and pooled PSNR (of the mean squared error over every frame).
+    next_frame: dict[str, float]
+    delta_t: int
+    delta_t_psnr: dict[str, float]  # "latent" / "true": steered minus random actions at delta_t
+    latent_action_counts: list[int]  # LAM codes over every transition of the evaluated clips
+    # What latent actions say about the clips' true actions (None without both), in bits.
+    latent_true_mutual_info_bits: float | None = None
+    true_action_entropy_bits: float | None = None
+    # IDM agreement with the action ("generated": the true-action rollouts; "real": the real
+    # clips, the ceiling; "floor": mismatched frame pairs), each an Agreement as a dict.
+    controllability: dict[str, dict[str, Any]] | None = None
+    fvd: dict[str, Any] | None = None  # fvd, clips, frames, protocol
+    tokenizer: str = ""
+    lam: str = ""
+    dynamics: str = ""
+    idm: str = ""
+    shards: str = ""
+    split: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> WorldReport:
+        try:
+            return cls(**json.loads(text))
+        except TypeError as err:  # missing or unknown fields
+            raise ValueError(f"not a world-model report: {err}") from err
+
+    def controllability_share(self) -> float | None:
+        """IDM accuracy on generated frames as a share of its accuracy on real frames."""
+        c = self.controllability
+        if not c or "real" not in c or not c["real"]["accuracy"]:
+            return None
+        return c["generated"]["accuracy"] / c["real"]["accuracy"]
+
+    def render(self) -> str:
+        s, nf = self.sampling, self.next_frame
+        lines = [
+            f"world {self.dynamics} on {self.shards} [{self.split}]: {self.clips} clips, "
+            f"{self.horizon}-frame rollouts from 1 prompt frame",
+            f"  conditioning {'+'.join(self.conditioning)}; sampling {s.get('steps')} steps, "
+            f"temperature {s.get('temperature')}, {s.get('order')} order; seed {self.seed}",
+            f"  next frame (teacher-forced): PSNR {nf['psnr']:.2f} dB, pooled "
+            f"{nf['pooled_psnr']:.2f} dB, SSIM {nf['ssim']:.3f}; copy last frame "
+            f"{nf['copy_psnr']:.2f} / {nf['copy_pooled_psnr']:.2f} dB, SSIM {nf['copy_ssim']:.3f}",
+        ]
+        marks = sorted({1, self.delta_t, self.horizon // 2, self.horizon} - {0})
+        lines.append("  PSNR dB / SSIM at generated frame " + " / ".join(map(str, marks)) + ":")
+        for name, curve in self.psnr.items():
+            values = " / ".join(f"{curve[k - 1]:.2f}" for k in marks)
+            ssim = " / ".join(f"{self.ssim[name][k - 1]:.3f}" for k in marks)
+            lines.append(f"    {name:<22} {values}   {ssim}")
+        for kind, value in self.delta_t_psnr.items():
+            lines.append(f"  ΔtPSNR (t={self.delta_t}, {kind} actions vs random): {value:+.2f} dB")
+        if self.latent_true_mutual_info_bits is not None:
+            lines.append(
+                f"  latent actions carry {self.latent_true_mutual_info_bits:.2f} bits about the "
+                f"true actions (entropy {self.true_action_entropy_bits:.2f} bits)"
+            )
+        lines += self._control_lines()
+        if self.fvd:
+            lines.append(f"  FVD {self.fvd['fvd']:.1f} ({self.fvd['protocol']})")
+        lines += [f"  WARNING: {name} {w}" for name, w in self.warnings().items()]
+        return "\n".join(lines)
+
+    def _control_lines(self) -> list[str]:
+        c, share = self.controllability, self.controllability_share()
+        if not c:
+            return []
+        gen, real = c["generated"], c.get("real", {})
+        floor = c.get("floor", {}).get("accuracy", float("nan"))
+        ceiling = f"{real.get('accuracy', 0):.1%} (balanced {real.get('balanced_accuracy', 0):.1%})"
+        out = [
+            f"  controllability: the IDM recovers {gen['accuracy']:.1%} of commanded actions "
+            f"(balanced {gen['balanced_accuracy']:.1%}); on real frames {ceiling}, floor "
+            f"{floor:.1%}" + (f"; {share:.0%} of the ceiling" if share is not None else "")
+        ]
+        per = ", ".join(
+            f"{k} {v:.0%}/{real.get('per_class', {}).get(k, float('nan')):.0%}"
+            for k, v in gen["per_class"].items()
+        )
+        return [*out, f"    per action, generated/real: {per}"]
+
+    def warnings(self) -> dict[str, str]:
+        """Steered curves that lose to copying the prompt frame on average over the horizon."""
+        copy = sum(self.psnr[COPY]) / self.horizon
+        means = {
+            name: sum(c) / self.horizon for name, c in self.psnr.items() if name in (TRUE, LAM)
+        }
+        return {
+            name: f"loses to copying the prompt frame ({mean:.2f} vs {copy:.2f} dB)"
+            for name, mean in means.items()
+            if mean < copy
+        }
+
+
+def write_world_outputs(
+    report: WorldReport, samples: dict[str, np.ndarray], out: Path
+) -> dict[str, Path]:
+    """report.json, psnr_vs_horizon.png, ssim_vs_horizon.png and, with samples, rollouts.mp4
+    (one row per clip: real, then each action stream)."""
+    written = {"report": out / "report.json"}
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(written["report"], report.to_json().encode())
+    title = f"{report.clips} held-out clips, {report.sampling.get('steps')} MaskGIT steps"
+    for metric, curves in (("PSNR (dB)", report.psnr), ("SSIM", report.ssim)):
+        name = metric.split()[0].lower()
+        written[name] = write_curve_plot(
+            curves, f"{metric} vs horizon: {title}", metric, out / f"{name}_vs_horizon.png"
+        )
+    if samples:
+        rows = [
+            np.concatenate(list(clips), axis=2) for clips in zip(*samples.values(), strict=True)
+        ]
+        written["video"] = write_side_by_side_mp4(
+            [np.concatenate(rows, axis=1)], out / "rollouts.mp4", fps=8, scale=3
+        )
+    return written
