@@ -21,3 +21,17 @@ def heldout_coinrun(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     run_shard_job(cfg)
     return folder
+
+
+@pytest.fixture(scope="session")
+def heldout_coinrun_hard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like `heldout_coinrun`, on the game's full visual distribution (distribution_mode "hard"):
+    4 levels, 12 clips of 16 frames at 64x64, split "test"."""
+    folder = tmp_path_factory.mktemp("heldout_coinrun_hard")
+    cfg = ShardConfig(
+        sources=["procgen:coinrun"], out=str(folder), split="test", size=64, frames=16,
+        stride=16, episodes=4, level_start=300_000, max_steps=48, sticky_max=8, workers=1,
+        distribution_mode="hard",
+    )  # fmt: skip
+    run_shard_job(cfg)
+    return folder
