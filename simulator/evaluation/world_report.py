@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from data_pipeline.manifest import write_atomic
 from simulator.evaluation.actions import COPY, LAM, TRUE
@@ -126,7 +127,7 @@ def write_world_outputs(
     report: WorldReport, samples: dict[str, np.ndarray], out: Path
 ) -> dict[str, Path]:
     """report.json, psnr_vs_horizon.png, ssim_vs_horizon.png and, with samples, rollouts.mp4
-    (one row per clip: real, then each action stream)."""
+    (one row per clip: real, then each action stream, under a row of column names)."""
     written = {"report": out / "report.json"}
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(written["report"], report.to_json().encode())
@@ -137,10 +138,21 @@ def write_world_outputs(
             curves, f"{metric} vs horizon: {title}", metric, out / f"{name}_vs_horizon.png"
         )
     if samples:
-        rows = [
-            np.concatenate(list(clips), axis=2) for clips in zip(*samples.values(), strict=True)
-        ]
-        written["video"] = write_side_by_side_mp4(
-            [np.concatenate(rows, axis=1)], out / "rollouts.mp4", fps=8, scale=3
-        )
+        per_clip = zip(*samples.values(), strict=True)  # (H+1, H, W, 3) of each stream
+        rows = [np.concatenate(list(clips), axis=2) for clips in per_clip]
+        grid = np.concatenate(rows, axis=1)  # (T, clips * H, streams * W, 3)
+        header = _column_labels(list(samples), grid.shape[2] // len(samples))
+        video = np.concatenate([np.broadcast_to(header, (len(grid), *header.shape)), grid], 1)
+        written["video"] = write_side_by_side_mp4([video], out / "rollouts.mp4", fps=8, scale=3)
     return written
+
+
+def _column_labels(names: list[str], width: int, height: int = 10) -> np.ndarray:
+    """(height, len(names) * width, 3) uint8: each column's stream name, small, on white."""
+    strip = Image.new("RGB", (len(names) * width, height), "white")
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default(size=8)
+    for i, name in enumerate(names):
+        label = name.replace("_actions", "").replace("_", " ")
+        draw.text((i * width + 1, 0), label, fill="black", font=font)
+    return np.asarray(strip)

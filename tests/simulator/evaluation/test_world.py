@@ -254,7 +254,8 @@ def test_report_round_trip_render_and_files(tmp_path: Path) -> None:
     assert Image.open(files["psnr"]).size == (720, 420) and files["ssim"].is_file()
     with av.open(str(files["video"])) as video:
         stream = video.streams.video[0]
-        assert (stream.height, stream.width) == (3 * 3 * SIDE, 3 * 5 * SIDE)  # 3 clips x 5 videos
+        # 3 clips x 5 videos under a 10-pixel row of labels, enlarged 3 times
+        assert (stream.height, stream.width) == (3 * (10 + 3 * SIDE), 3 * 5 * SIDE)
     assert json.loads(files["report"].read_text())["clips"] == 3 and not list(
         tmp_path.glob("*.tmp")
     )
