@@ -56,6 +56,7 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
 
 def _eval_world(args: argparse.Namespace) -> int:
     from data_pipeline.loader import LoaderConfig, ShardLoader
+    from simulator.engine import EngineConfig, WorldSimulator
     from simulator.evaluation.figures import write_action_sheet
     from simulator.evaluation.world import WorldEvalConfig, evaluate_world
     from simulator.evaluation.world_report import write_world_outputs
@@ -88,11 +89,13 @@ def _eval_world(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.world) / f"eval_{args.split}")
     for name, path in write_world_outputs(report, result.samples, out).items():
         print(f"{name}: {path}")
-    if world.lam is not None and "latent" in world.dynamics.cfg.action_sources:
+    if world.spec.action_space.type == "latent" and world.lam is not None:
+        engine = WorldSimulator(
+            world.tokenizer, world.dynamics, world.spec, EngineConfig(sampling=sampling), world.lam
+        )
         frames = next(iter(ShardLoader(replace(data, batch_size=4), rank=0, world_size=1))).frames
         sheet = write_action_sheet(
-            world.tokenizer, world.dynamics, world.lam, frames[:, :5].to(args.device),
-            out / "latent_actions.png", steps=4, sampling=sampling, seed=args.seed,
+            engine, frames.to(args.device), out / "latent_actions.png", steps=4, seed=args.seed,
             usage=report.latent_action_counts,
         )  # fmt: skip
         print(f"latent action sheet: {sheet}")

@@ -16,7 +16,7 @@ from einops import rearrange
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from simulator.dynamics import ActionInputs, DynamicsModel
+from simulator.engine import WorldSimulator
 from simulator.evaluation.actions import (
     COPY,
     LAM,
@@ -24,12 +24,7 @@ from simulator.evaluation.actions import (
     RANDOM_TRUE,
     TOKENIZER,
     TRUE,
-    Conditioning,
-    generator_for,
 )
-from simulator.lam import LatentActionModel
-from simulator.sampling import SamplingConfig, rollout_tokens
-from tokenizer.model import VideoTokenizer
 from worldsim.train.monitor import to_uint8_clips, write_grid_png
 
 COLORS = {  # curve name -> RGB; unknown names cycle through EXTRA_COLORS
@@ -119,80 +114,39 @@ def _save_png(image: Image.Image, path: str | Path) -> Path:
 
 @torch.no_grad()
 def write_action_sheet(
-    tokenizer: VideoTokenizer,
-    dynamics: DynamicsModel,
-    lam: LatentActionModel,
+    engine: WorldSimulator,
     frames_BTCHW: Tensor,
     path: str | Path,
     *,
-    true_actions: Tensor | None = None,
     steps: int = 4,
-    sampling: SamplingConfig | None = None,
     seed: int = 0,
     usage: list[int] | None = None,
-    kv_cache: bool = True,
 ) -> Path:
-    """Contact sheet of what each action does: one row per start frame (frame 0 of each clip),
-    then one column per action showing the frame after `steps` repeats of that action from the
-    start frame alone. A last row of bars shows each action's share of `usage` (default: the
-    actions of these clips, LAM-inferred or true). A model on latent actions varies those; a
-    model on true discrete actions only varies them. Other action inputs the model takes come
-    from `true_actions` (B, T) or (B, T, D), the clips' own.
-    """
-    cond = Conditioning.of(dynamics)
-    kind = "latent" if cond.latent is not None else "discrete"
-    last = repeated_action_frames(
-        tokenizer, dynamics, frames_BTCHW[:, :1], true_actions, steps, sampling, seed, kv_cache
-    )  # (R, A, C, H, W)
-    clips = list(to_uint8_clips(torch.cat([frames_BTCHW[:, :1].to(last.device), last], dim=1)))
-    if usage is None:
-        used = lam.encode(frames_BTCHW) if kind == "latent" else true_actions
-        usage = None if used is None else torch.bincount(used.flatten().cpu()).tolist()
+    """Contact sheet of what each action of the engine's action space does: one row per start
+    frame (frame 0 of each clip), then one column per action showing the frame after `steps`
+    repeats of that action from the start frame alone. With `usage` (a count per action), a last
+    row of bars shows each action's share."""
+    last = repeated_action_frames(engine, frames_BTCHW[:, :1], steps, seed)  # (R, A, C, H, W)
+    start = frames_BTCHW[:, :1].to(last.device)
+    clips = list(to_uint8_clips(torch.cat([start, last], dim=1)))
     if usage is not None:
         count = last.shape[1]
         if len(usage) > count:
-            raise ValueError(f"usage has {len(usage)} entries for {count} {kind} actions")
+            raise ValueError(f"usage has {len(usage)} entries for {count} actions")
         clips.append(_usage_row(usage + [0] * (count - len(usage)), clips[0].shape[1:3]))
     return write_grid_png(clips, path)
 
 
 def repeated_action_frames(
-    tokenizer: VideoTokenizer,
-    dynamics: DynamicsModel,
-    start_BTCHW: Tensor,
-    true_actions: Tensor | None,
-    steps: int,
-    sampling: SamplingConfig | None,
-    seed: int,
-    kv_cache: bool = True,
+    engine: WorldSimulator, start_BTCHW: Tensor, steps: int, seed: int
 ) -> Tensor:
-    """Frames (R, A, C, H, W): from each start frame (R, 1, C, H, W), the frame after `steps`
-    repeats of each of the A actions the sheet varies (latent if taken, else true discrete)."""
-    cond = Conditioning.of(dynamics)
-    kind = "latent" if cond.latent is not None else "discrete"
-    count = cond.latent if cond.latent is not None else cond.discrete
-    if count is None:
-        raise ValueError("the dynamics takes neither latent nor discrete actions: nothing to vary")
-    needs_true = cond.continuous is not None or (kind == "latent" and cond.discrete is not None)
-    if cond.separable and kind == "latent":  # steered by latent actions alone, as in evaluation
-        needs_true, true_actions = False, None
-    if needs_true and true_actions is None:
-        raise ValueError(f"the dynamics takes {cond.names} actions: pass the clips' true_actions")
-    rows = start_BTCHW.shape[0]
-    prompts = tokenizer.encode(start_BTCHW).repeat_interleave(count, dim=0)  # (R*A, 1, h, w)
-    ids = torch.arange(count, device=prompts.device).repeat(rows)[:, None].expand(-1, steps)
-    fields: dict[str, Tensor | None] = {"latent": None, "discrete": None, "continuous": None}
-    if true_actions is not None:
-        true = true_actions[:, :steps].to(prompts.device).repeat_interleave(count, dim=0)
-        fields.update(discrete=true if cond.discrete is not None else None)
-        fields.update(continuous=true if cond.continuous is not None else None)
-    fields[kind] = ids.contiguous()
-    gen = generator_for(seed, 0, prompts.device)
-    rolled = rollout_tokens(
-        dynamics, prompts, ActionInputs(**fields), steps, sampling or SamplingConfig(), gen,
-        kv_cache=kv_cache,
-    )  # fmt: skip
-    return rearrange(tokenizer.decode(rolled)[:, -1], "(r a) c h w -> r a c h w", a=count)
+    """Frames (R, A, C, H, W): from each start frame (R, 1, C, H, W), the frame the engine makes
+    after `steps` repeats of each of its A actions."""
+    count, rows = engine.action_space.n, start_BTCHW.shape[0]
+    prompts = start_BTCHW.repeat_interleave(count, dim=0)  # (R*A, 1, C, H, W)
+    ids = torch.arange(count).repeat(rows)[:, None].expand(-1, steps)
+    video = engine.rollout(prompts, ids, seed=seed)
+    return rearrange(video[:, -1], "(r a) c h w -> r a c h w", a=count)
 
 
 def _usage_row(usage: list[int], hw: tuple[int, ...]) -> np.ndarray:

@@ -28,6 +28,7 @@ from data_pipeline.loader import Batch
 from data_pipeline.schema import Clip, encode_sample
 from simulator.dynamics import ActionInputs, DynamicsModel
 from simulator.dynamics_config import DynamicsConfig, dynamics_preset
+from simulator.engine import EngineConfig, WorldSimulator
 from simulator.evaluation.figures import write_action_sheet
 from simulator.evaluation.world import WorldEvalConfig, evaluate_world
 from simulator.evaluation.world_report import WorldReport, write_world_outputs
@@ -35,6 +36,7 @@ from simulator.lam import LatentActionModel
 from simulator.lam_config import lam_preset
 from simulator.sampling_config import SamplingConfig
 from simulator.world_checkpoint import save_world
+from simulator.world_spec import WorldActionSpace, WorldSpec
 from tests.simulator.evaluation.test_fvd import StandIn
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
@@ -274,10 +276,11 @@ def test_bad_inputs_name_the_lengths() -> None:
 
 def test_action_sheet_shows_each_action_repeated(tmp_path: Path) -> None:
     batch = fake_batch(b=2, t=5)
-    path = write_action_sheet(
-        FakeTokenizer(), FakeDynamics(), FakeLAM(), batch.frames, tmp_path / "sheet.png",
-        steps=4, sampling=SamplingConfig(steps=2), usage=[1, 0, 3, 0], kv_cache=False,
-    )  # fmt: skip
+    spec = WorldSpec(WorldActionSpace("latent", NUM_ACTIONS), SamplingConfig(steps=2))
+    engine = WorldSimulator(
+        FakeTokenizer(), FakeDynamics(), spec, EngineConfig(kv_cache=False), FakeLAM()
+    )
+    path = write_action_sheet(engine, batch.frames, tmp_path / "sheet.png", usage=[1, 0, 3, 0])
     cell = SIDE + 4  # a 2-pixel white border around every cell
     sheet = np.asarray(Image.open(path))
     assert sheet.shape == (3 * cell, (1 + NUM_ACTIONS) * cell, 3)  # 2 start frames + usage row
