@@ -18,6 +18,7 @@ Challenges"; Skorokhodov et al. 2022, "StyleGAN-V" (the protocol's pitfalls).
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from data_pipeline.manifest import write_atomic
 from simulator.evaluation.i3d_weights import I3D_SHA256, default_cache_dir
 from simulator.evaluation.videos import VideoSet, iter_videos
 
@@ -188,9 +190,9 @@ def set_features(
     features = i3d_features(clips, model, cfg.batch_size, desc=f"I3D {videos.spec}")
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, features=features, skipped_short=stats.get("skipped_short", 0))
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, features=features, skipped_short=stats.get("skipped_short", 0))
+    write_atomic(path, buffer.getvalue())
     return SetFeatures(features, stats.get("skipped_short", 0), seconds, False)
 
 

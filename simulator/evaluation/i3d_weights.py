@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 try:
     from numpy._core.multiarray import _reconstruct  # type: ignore[attr-defined]
 except ImportError:  # numpy < 1.26
     from numpy.core.multiarray import _reconstruct  # type: ignore[attr-defined]
 
+from data_pipeline.manifest import write_atomic
 from simulator.evaluation.i3d import InceptionI3d
 
 I3D_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
@@ -143,9 +144,7 @@ def load_i3d(
     else:
         state = convert_flax_variables(load_numpy_pickle(data))
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        save_file(state, tmp)
-        os.replace(tmp, cache)
+        write_atomic(cache, save(state))
     model = InceptionI3d()
     model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)

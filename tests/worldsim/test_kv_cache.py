@@ -17,7 +17,7 @@ from worldsim.nn.attention import (
     set_attention_backend,
     set_query_by_query,
 )
-from worldsim.nn.kv_cache import KVCache, check_hop, window_start
+from worldsim.nn.kv_cache import KVCache, check_hop, frames_to_drop, window_start
 from worldsim.nn.st_block import STTransformer
 
 T, N, D = 9, 4, 32
@@ -31,6 +31,14 @@ def model() -> STTransformer:
 
 def frames(t: int = T, b: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(b, t, N, D, generator=torch.Generator().manual_seed(seed))
+
+
+def test_window_start_is_the_window_rule_applied_frame_by_frame() -> None:
+    for max_frames, hop in ((8, 3), (8, 7), (16, 8), (5, 1), (16, 15)):
+        start = 0
+        for frame in range(1, 60):  # frame joins the window [start, frame - 1]
+            start += frames_to_drop(frame - start, max_frames, hop)
+            assert window_start(frame, max_frames, hop) == start, (max_frames, hop, frame)
 
 
 def test_window_start_jumps_by_whole_hops() -> None:

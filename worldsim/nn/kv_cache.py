@@ -16,9 +16,9 @@ step): the second one copies its frames out first (copy-on-write), so no cache i
 The window rule: both models learn absolute temporal positions for `max_frames` frames, so frame k
 of a long rollout is produced in the window of frames [start, k] re-based to positions 0..k-start.
 When a new frame would not fit, `start` jumps by `hop` frames and the caches are rebuilt once from
-the kept frames. `frames_to_drop` is that rule, the one place it is written: the engine, the
-tokenizer's step decoder and the samplers (through `window_start`) all follow it, so the cached
-and the uncached paths see the same context at every step.
+the kept frames. `frames_to_drop` is that rule: the engine and the tokenizer's step decoder
+apply it to their windows, and the samplers use `window_start`, its closed form (a test checks
+the two agree), so the cached and the uncached paths see the same context at every step.
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ def frames_to_drop(window: int, max_frames: int, hop: int) -> int:
 
 def window_start(frame: int, max_frames: int, hop: int) -> int:
     """First frame of the window in which frame `frame` (counted from a rollout's first frame)
-    is produced: `frames_to_drop` applied frame after frame from the rollout's start."""
+    is produced: `frames_to_drop` applied frame after frame from the rollout's start, in closed
+    form (the smallest multiple of `hop` that leaves at most `max_frames` frames in [start,
+    frame]) so a long rollout pays O(1) per frame; tests/worldsim/test_kv_cache.py checks that
+    both agree."""
     check_hop(hop, max_frames)
-    start = 0
-    for k in range(1, frame + 1):  # frame k joins the window [start, k - 1]
-        start += frames_to_drop(k - start, max_frames, hop)
-    return start
+    excess = frame + 1 - max_frames
+    return 0 if excess <= 0 else -(-excess // hop) * hop
 
 
 class _Storage:
