@@ -20,8 +20,9 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from data_pipeline.manifest import MANIFEST, read_manifest, write_atomic
+from data_pipeline.manifest import MANIFEST, read_manifest
 from data_pipeline.schema import Clip, decode_sample
+from worldsim.io.files import write_atomic
 
 SHEET_ROWS = 4  # sample clips on the contact sheet
 SHEET_COLS = 8  # frames per clip on the sheet (fewer when clips are shorter)

@@ -16,8 +16,8 @@ null), `options`, `sources`, `level_seeds` (`{game: [[first, last], ...]}` or nu
 (summed skip counters such as scene_cuts, static_dropped, too_short, bad_inputs), `bad_inputs`
 (names) and `content_hash` (sha256 over the ordered shard sha256s).
 
-Every file is written to a temporary name and os.replace()d, so a killed job never leaves a
-half-written file under a final name.
+Every file is written to a temporary name and renamed (worldsim.io.files), so a killed job never
+leaves a half-written file under a final name.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -33,9 +32,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worldsim.io.files import write_json
+
 MANIFEST = "manifest.json"
 FORMAT = 1
-PARTIAL = ".partial"  # suffix of files being written; a rerun deletes leftovers
 
 
 def shard_name(split: str, index: int) -> str:
@@ -48,28 +48,6 @@ def record_path(out: Path, split: str, index: int) -> Path:
 
 def job_path(out: Path, split: str) -> Path:
     return out / f"{split}.job.json"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a torn one."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

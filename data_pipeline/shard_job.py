@@ -25,11 +25,9 @@ from webdataset.writer import TarWriter
 
 from data_pipeline.config import ShardConfig
 from data_pipeline.manifest import (
-    PARTIAL,
     ShardRecord,
     UnitRecord,
     check_seed_overlap,
-    file_sha256,
     job_path,
     merge_split,
     read_manifest,
@@ -37,10 +35,10 @@ from data_pipeline.manifest import (
     record_path,
     shard_name,
     split_entry,
-    write_json,
 )
 from data_pipeline.schema import ActionSpace, encode_sample
 from data_pipeline.sources import WorkUnit, resolve_sources
+from worldsim.io.files import PARTIAL, file_sha256, write_json
 
 # Options that decide how the job runs, not which bytes it writes; everything else is recorded
 # in `<split>.job.json` and must match on a rerun into the same folder and split.

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from data_pipeline.manifest import MANIFEST, file_sha256
+from data_pipeline.manifest import MANIFEST
 from data_pipeline.schema import ACTIONS, META
 from data_pipeline.shard_source import URL_PREFIXES, iter_shard_samples, log_bad_shard
 from data_pipeline.streaming import (
@@ -42,6 +42,7 @@ from data_pipeline.streaming import (
     StreamingLoader,
     collate_actions,
 )
+from worldsim.io.files import file_sha256
 
 TOKENS = "tokens.npy"
 LATENT_ACTIONS = "latent_actions.npy"

@@ -40,7 +40,7 @@ DECODE_CHUNK = 128  # output frames per get_batch: ~3 MB at size 64 (16:9), amor
 # with 2 workers on 2 cores the two settings were within measurement noise.
 DECODE_THREADS = 0
 # Errors decord and PyAV raise for unreadable media. Anything else is a bug and propagates.
-_MEDIA_ERRORS = (av.FFmpegError, decord.DECORDError, RuntimeError)
+MEDIA_ERRORS = (av.FFmpegError, decord.DECORDError, RuntimeError)
 
 
 class BadVideo(Exception):
@@ -107,7 +107,7 @@ class VideoUnit:
     def clips(self, cfg: ShardConfig, stats: Counter[str]) -> Iterator[Clip]:
         try:
             reader, indices, src_fps = open_video(self.path, cfg.size, cfg.video_fps)
-        except (BadVideo, OSError, *_MEDIA_ERRORS) as e:  # OSError: vanished or unreadable
+        except (BadVideo, OSError, *MEDIA_ERRORS) as e:  # OSError: vanished or unreadable
             self._skip(stats, e)
             return
         windower = SceneWindower(
@@ -123,7 +123,7 @@ class VideoUnit:
         for lo in range(0, len(indices), DECODE_CHUNK):
             try:
                 frames_THWC = decode_chunk(reader, indices[lo : lo + DECODE_CHUNK], cfg.size)
-            except (BadVideo, *_MEDIA_ERRORS) as e:
+            except (BadVideo, *MEDIA_ERRORS) as e:
                 self._skip(stats, e, decoded=lo)
                 return
             for start, window_THWC in windower.push(frames_THWC):
@@ -144,6 +144,18 @@ class VideoUnit:
 def open_video(path: str, size: int, fps: float) -> tuple[decord.VideoReader, np.ndarray, float]:
     """Open `path` for decoding at short side `size`; return (reader, source frame index of each
     output frame at `fps`, source fps). Raises BadVideo or a media error for unusable input."""
+    width, height = probe_frame_size(path)
+    dec_w, dec_h = decode_size(width, height, size)
+    reader = decord.VideoReader(path, width=dec_w, height=dec_h, num_threads=DECODE_THREADS)
+    src_fps = float(reader.get_avg_fps())
+    if len(reader) == 0 or not src_fps > 0:
+        raise BadVideo(f"{len(reader)} frames at {src_fps} fps")
+    starts = reader.get_frame_timestamp(range(len(reader)))[:, 0]
+    return reader, resample_indices(starts, src_fps, fps), src_fps
+
+
+def probe_frame_size(path: str) -> tuple[int, int]:
+    """(width, height) of a video's frames from its header. Raises BadVideo or a media error."""
     if os.path.getsize(path) == 0:
         raise BadVideo("empty file")
     # PyAV only probes the header: decord cannot report the frame size without decoding one.
@@ -154,13 +166,7 @@ def open_video(path: str, size: int, fps: float) -> tuple[decord.VideoReader, np
         width, height = codec.width, codec.height
     if width < 1 or height < 1:
         raise BadVideo(f"bad frame size {width}x{height}")
-    dec_w, dec_h = decode_size(width, height, size)
-    reader = decord.VideoReader(path, width=dec_w, height=dec_h, num_threads=DECODE_THREADS)
-    src_fps = float(reader.get_avg_fps())
-    if len(reader) == 0 or not src_fps > 0:
-        raise BadVideo(f"{len(reader)} frames at {src_fps} fps")
-    starts = reader.get_frame_timestamp(range(len(reader)))[:, 0]
-    return reader, resample_indices(starts, src_fps, fps), src_fps
+    return width, height
 
 
 def decode_size(width: int, height: int, size: int) -> tuple[int, int]:

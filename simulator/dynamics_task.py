@@ -25,7 +25,8 @@ from data_pipeline.token_shards import TokenBatch, TokenIdentity, TokenLoader, T
 from simulator.dynamics import ActionInputs, DynamicsModel, DynamicsOutput
 from simulator.dynamics_config import DynamicsConfig, dynamics_preset
 from worldsim.config import deep_update, load_config
-from worldsim.train import TrainConfig, write_grid_png
+from worldsim.io.media import write_grid_png
+from worldsim.train import TrainConfig
 
 PICTURE_CLIPS = 2  # clips drawn per evaluation; each costs T - 1 forward passes of one clip
 PICTURE_SCALE = 4  # pixels per token side, so a 16x16 map is drawn 64x64

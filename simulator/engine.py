@@ -161,10 +161,15 @@ class WorldSimulator:
         prompts than `max_prompt_frames` keep their last frames, with a warning."""
         return self._start(prompt, prompt_actions, seed)[1]
 
-    def step(self, state: WorldState, action: Any) -> tuple[Tensor, WorldState]:
+    def step(
+        self, state: WorldState, action: Any, sampling: SamplingConfig | None = None
+    ) -> tuple[Tensor, WorldState]:
         """The next frame (B, C, H, W) in [-1, 1] of every world after `action` (one id per
-        world, or one id for all), and the new state. `state` itself is left unchanged."""
-        return self._advance(state, action, None)
+        world, or one id for all), and the new state. `state` itself is left unchanged.
+        `sampling` overrides the engine's sampling for this frame (the app's settings panel)."""
+        if sampling is not None:
+            sampling.validate()
+        return self._advance(state, action, None, sampling)
 
     def observe(
         self, state: WorldState, action: Any, tokens_Bhw: Tensor
@@ -172,7 +177,7 @@ class WorldSimulator:
         """Teacher forcing: like `step`, but the next frame is an observed one (its tokens, from
         `encode`) instead of a sampled one, so the world goes on from what really happened. The
         sampler's random stream stays where `state` left it."""
-        return self._advance(state, action, tokens_Bhw)
+        return self._advance(state, action, tokens_Bhw, None)
 
     def encode(self, frames: Any) -> Tensor:
         """Tokens (B, T, h, w) of real frames (any prompt form), encoded together as `reset`
@@ -182,7 +187,11 @@ class WorldSimulator:
             return self.tokenizer.encode(frames_BTCHW)
 
     def _advance(
-        self, state: WorldState, action: Any, observed_Bhw: Tensor | None
+        self,
+        state: WorldState,
+        action: Any,
+        observed_Bhw: Tensor | None,
+        sampling: SamplingConfig | None,
     ) -> tuple[Tensor, WorldState]:
         self._check_state(state)
         action_B = self._action_ids(action, (state.batch_size,))
@@ -192,7 +201,7 @@ class WorldSimulator:
             tokens_BThw, actions_BA, cache = self._make_room(state)
             actions_BA = torch.cat([actions_BA, action_B[:, None]], dim=1)
             if observed_Bhw is None:
-                new_Bhw = self._sample(tokens_BThw, actions_BA, cache, generator)
+                new_Bhw = self._sample(tokens_BThw, actions_BA, cache, generator, sampling)
             else:
                 new_Bhw = self._observed(observed_Bhw, tokens_BThw)
             if cache is not None:
@@ -307,12 +316,14 @@ class WorldSimulator:
         actions_BA: Tensor,
         cache: KVCache | None,
         generator: torch.Generator,
+        sampling: SamplingConfig | None = None,
     ) -> Tensor:
         """MaskGIT tokens (B, h, w) of the frame after the window; actions A == T."""
         model, actions = self.dynamics, self._inputs(actions_BA)
+        sampling = sampling or self.sampling
         if cache is None:
-            return sample_next_frame(model, tokens_BThw, actions, self.sampling, generator)
-        return sample_next_frame_cached(model, cache, actions, self.sampling, generator)
+            return sample_next_frame(model, tokens_BThw, actions, sampling, generator)
+        return sample_next_frame_cached(model, cache, actions, sampling, generator)
 
     def _inputs(self, actions_BA: Tensor) -> ActionInputs:
         return ActionInputs(**{self.action_space.type: actions_BA})

@@ -20,7 +20,8 @@ from data_pipeline.loader import Batch, FrameShardBatches, LoaderConfig
 from simulator.lam import LAMOutput, LatentActionModel
 from simulator.lam_config import LAMConfig, lam_preset
 from worldsim.config import deep_update, load_config
-from worldsim.train import TrainConfig, to_uint8_clips, write_grid_png
+from worldsim.io.media import to_uint8_clips, write_grid_png
+from worldsim.train import TrainConfig
 
 SHEET_CLIPS = 4  # start frames in the pictures
 

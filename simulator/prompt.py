@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,8 +24,13 @@ from torch import Tensor
 
 from data_pipeline.schema import decode_sample
 from data_pipeline.shard_source import iter_shard_samples
+from data_pipeline.video import MEDIA_ERRORS, BadVideo, decode_size, probe_frame_size
+
+if TYPE_CHECKING:
+    from simulator.engine import WorldSimulator
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+PROMPT_DECODE_SIDE = 256  # short side videos are decoded at (see _video_frames)
 
 
 @dataclass
@@ -107,39 +112,56 @@ def _fit_size(frames_BTCHW: Tensor, size: int) -> Tensor:
     return rearrange(resized.clamp(-1, 1), "(b t) c h w -> b t c h w", b=b, t=t)
 
 
-def load_prompt(spec: str) -> LoadedPrompt:
-    """An image file, a video file or a shard sample (`SHARD.tar`, `SHARD.tar#KEY`)."""
+def load_prompt(spec: str, max_frames: int | None = None) -> LoadedPrompt:
+    """An image file, a video file or a shard sample (`SHARD.tar`, `SHARD.tar#KEY`); with
+    `max_frames`, only a clip's last frames are kept (and decoded, for videos)."""
     path_text, _, key = spec.partition("#")
     path = Path(path_text)
     if not path.is_file():
         raise FileNotFoundError(f"prompt {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".tar":
-        return _shard_sample(path, key or None)
-    if key:
+        loaded = _shard_sample(path, key or None)
+    elif key:
         raise ValueError(f"'#KEY' selects a clip of a shard (.tar), not of {path.name}")
-    if suffix in VIDEO_SUFFIXES:
-        return LoadedPrompt(_video_frames(path), None)
+    elif suffix in VIDEO_SUFFIXES:
+        loaded = LoadedPrompt(_video_frames(path, max_frames), None)
+    else:
+        loaded = LoadedPrompt(_image_frame(path), None)
+    if max_frames is not None and len(loaded.frames) > max_frames:
+        actions = None if loaded.actions is None else loaded.actions[-max_frames:]
+        loaded = LoadedPrompt(loaded.frames[-max_frames:], actions)
+    return loaded
+
+
+def _image_frame(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return LoadedPrompt(np.asarray(image.convert("RGB"))[None], None)
-    except OSError as err:
+            return np.asarray(image.convert("RGB"))[None]
+    except (OSError, Image.DecompressionBombError) as err:
         raise ValueError(
             f"cannot read prompt {path}: not an image, a video ({sorted(VIDEO_SUFFIXES)}) or a "
             f"shard (.tar): {err}"
         ) from err
 
 
-def _video_frames(path: Path) -> np.ndarray:
+def _video_frames(path: Path, last: int | None) -> np.ndarray:
+    """The video's frames (its `last` ones only, when given), decoded at a short side of at
+    most PROMPT_DECODE_SIDE: prompts become 64x64 anyway, and a 4K clip must not fill memory."""
     import decord
 
     try:
-        reader = decord.VideoReader(str(path))
-        frames = reader.get_batch(list(range(len(reader)))).asnumpy()
-    except decord.DECORDError as err:
-        raise ValueError(f"cannot decode video prompt {path}: {err}") from err
+        width, height = probe_frame_size(str(path))
+        side = min(PROMPT_DECODE_SIDE, width, height)
+        dec_w, dec_h = decode_size(width, height, side)
+        reader = decord.VideoReader(str(path), width=dec_w, height=dec_h)
+        n = len(reader)
+        frames = reader.get_batch(list(range(max(0, n - (last or n)), n))).asnumpy()
+    except (BadVideo, decord.DECORDError, *MEDIA_ERRORS) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot decode video prompt {path.name}: {reason}") from err
     if len(frames) == 0:
-        raise ValueError(f"video prompt {path} has no frames")
+        raise ValueError(f"video prompt {path.name} has no frames")
     return frames
 
 
@@ -160,3 +182,23 @@ def _shard_sample(path: Path, key: str | None) -> LoadedPrompt:
         raise ValueError(f"cannot read shard prompt: {'; '.join(errors)}")
     shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
     raise ValueError(f"no clip {key!r} in {path} (keys: {shown or 'none'})")
+
+
+def prompt_and_actions(
+    loaded: LoadedPrompt, sim: WorldSimulator
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The prompt frames (T, H, W, 3) a world starts from, the actions between them (or None for
+    the LAM to infer), and a note on what was kept: a clip keeps its last frames that fit the
+    window when their actions are known (a shard sample's true actions) or inferable (a latent
+    world's LAM); otherwise its last frame alone starts the world."""
+    frames, t = loaded.frames, len(loaded.frames)
+    keep = min(t, sim.max_prompt_frames)
+    space = sim.action_space
+    if keep > 1 and space.type == "latent" and sim.lam is not None:
+        return frames[t - keep :], None, f"last {keep} frames, latent actions from the LAM"
+    if keep > 1 and space.type == "discrete" and loaded.actions is not None:
+        between = loaded.actions[t - keep : t - 1]  # action i follows frame i
+        if between.size and between.min() >= 0 and between.max() < space.n:
+            return frames[t - keep :], between[None], f"last {keep} frames with their actions"
+    note = "its last frame" if t > 1 else "one frame"
+    return frames[t - 1 :], None, note

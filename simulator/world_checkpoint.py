@@ -26,6 +26,7 @@ from simulator.lam import LatentActionModel
 from simulator.sampling_config import SamplingConfig
 from simulator.world_spec import WORLD_FILE, WorldActionSpace, WorldSpec, read_world_spec
 from tokenizer.model import VideoTokenizer
+from worldsim.io.files import replace_dir
 
 
 @dataclass
@@ -58,11 +59,7 @@ def save_world(
     if lam is not None:
         lam.save_pretrained(tmp / "lam")
     (tmp / WORLD_FILE).write_text(spec.to_json())
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, path)
     return path
 
 
@@ -80,7 +77,7 @@ def load_world(path: str | os.PathLike[str], device: Any = "cpu") -> World:
     return World(tokenizer, dynamics, lam, spec)
 
 
-def pack_world_command(
+def pack_world(
     tokenizer_path: str,
     dynamics_path: str,
     out: str,
@@ -88,7 +85,7 @@ def pack_world_command(
     steer: str | None = None,
     action_names: list[str] | None = None,
     steps: int | None = None,
-) -> int:
+) -> tuple[Path, WorldSpec]:
     """`worldsim pack`: bundle trained parts into a world folder that the engine, `worldsim
     rollout` and the app load. `steer` picks the action source players use (default: what
     `WorldSpec.default_for` picks); `steps` the default MaskGIT steps per frame."""
@@ -103,6 +100,4 @@ def pack_world_command(
     spec.action_space.names = list(action_names or [])
     if steps is not None:
         spec.sampling = SamplingConfig(steps=steps)
-    path = save_world(out, tokenizer, dynamics, lam, spec)
-    print(f"world: {path}, steered by {spec.action_space.describe()}")
-    return 0
+    return save_world(out, tokenizer, dynamics, lam, spec), spec

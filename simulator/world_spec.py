@@ -123,18 +123,24 @@ def read_world_spec(path: str | os.PathLike[str]) -> WorldSpec:
 
 
 def parse_actions(text: str, space: WorldActionSpace) -> list[int]:
-    """'0,0,3,3' -> ids; entries may also be action names (case-insensitive) when the space
-    has names. ValueError names the first entry that is neither."""
+    """'0,0,3,3' -> ids; entries may also be action names (case-insensitive) when the space has
+    names, and `ENTRY*N` repeats an entry N times ('RIGHT*8,UP'). ValueError names the first
+    entry that is none of these."""
     names = {name.lower(): i for i, name in enumerate(space.names)}
     ids = []
     for entry in (e.strip() for e in text.split(",")):
+        entry, star, count = entry.rpartition("*") if "*" in entry else (entry, "", "1")
+        if star and not (count.strip().isdigit() and int(count) >= 1):
+            raise ValueError(f"in {entry}*{count}, the repeat count must be an integer >= 1")
+        entry = entry.strip()
         if entry.lstrip("-").isdigit():
-            ids.append(int(entry))
+            action = int(entry)
         elif entry.lower() in names:
-            ids.append(names[entry.lower()])
+            action = names[entry.lower()]
         else:
             known = f"; names: {', '.join(space.names)}" if space.names else ""
             raise ValueError(f"action {entry!r} is not an id of {space.describe()}{known}")
+        ids += [action] * int(count)
     bad = [a for a in ids if not 0 <= a < space.n]
     if bad:
         raise ValueError(f"action {bad[0]} is outside the action space: {space.describe()}")

@@ -7,9 +7,7 @@ PNG that shows original, tokenizer and bicubic frames of the first clips one abo
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +19,8 @@ from tqdm.auto import tqdm
 
 from data_pipeline.loader import ShardLoader
 from tokenizer.model import VideoTokenizer, frame_psnr
-from worldsim.train import to_uint8_clips, write_grid_png
+from worldsim.io.files import write_json
+from worldsim.io.media import to_uint8_clips, write_grid_png
 
 
 @dataclass
@@ -141,9 +140,4 @@ def write_comparison_grid(
 
 
 def write_report(report: TokenizerReport, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, asdict(report), indent=2)

@@ -27,14 +27,11 @@ from webdataset.writer import TarWriter
 from data_pipeline.loader import collate
 from data_pipeline.manifest import (
     MANIFEST,
-    PARTIAL,
-    file_sha256,
     job_path,
     merge_split,
     read_manifest,
     record_path,
     shard_name,
-    write_json,
 )
 from data_pipeline.schema import Clip, decode_sample
 from data_pipeline.shard_job import TAR_MTIME
@@ -48,6 +45,7 @@ from data_pipeline.token_shards import (
     encode_token_sample,
 )
 from tokenizer.model import VideoTokenizer
+from worldsim.io.files import PARTIAL, file_sha256, write_json
 
 
 class LatentActionEncoder(Protocol):

@@ -17,7 +17,8 @@ from data_pipeline.loader import Batch, FrameShardBatches, LoaderConfig
 from tokenizer.config import TokenizerConfig, tokenizer_preset
 from tokenizer.model import TokenizerOutput, VideoTokenizer
 from worldsim.config import deep_update
-from worldsim.train import TrainConfig, to_uint8_clips, write_grid_png, write_side_by_side_mp4
+from worldsim.io.media import to_uint8_clips, write_grid_png, write_side_by_side_mp4
+from worldsim.train import TrainConfig
 
 
 @dataclass

@@ -10,7 +10,8 @@ worldsim eval tokenizer --checkpoint DIR --shards DATA [--split test]
 worldsim eval world --world WORLD --shards DATA [--idm IDM --fvd-clips N]
 worldsim eval idm --checkpoint IDM --shards DATA [--split test]
 worldsim eval fvd --real VIDEOS --fake VIDEOS [--clips 2048 --frames 16]
-worldsim rollout --checkpoint WORLD --prompt IMAGE_OR_CLIP --actions "0,0,3,3" --out rollout.mp4
+worldsim rollout [--checkpoint WORLD --prompt IMAGE_OR_CLIP] --actions "0,0,3,3" --out rollout.mp4
+worldsim play [--world WORLD] [--shards DIR ...]
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _data_effects(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(effects.render())
     if args.out:
-        from data_pipeline.manifest import write_atomic
+        from worldsim.io.files import write_atomic
 
         write_atomic(Path(args.out), effects.to_json().encode())
         print(f"effects: {args.out}")
@@ -157,22 +158,41 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _rollout(args: argparse.Namespace) -> int:
-    from simulator.rollout import rollout_command
+    from simulator.rollout import rollout
 
-    return rollout_command(
-        args.checkpoint, args.prompt, args.actions, args.out, steps=args.steps,
+    result = rollout(
+        args.actions, args.out, checkpoint=args.checkpoint, prompt=args.prompt, steps=args.steps,
         temperature=args.temperature, seed=args.seed, fps=args.fps, device=args.device,
     )  # fmt: skip
+    print(result.render())
+    if args.checkpoint is None:
+        print("play this world in your browser: worldsim play")
+    return 0
+
+
+def _play(args: argparse.Namespace) -> int:
+    from demo.app import launch
+    from demo.uploads import shard_clips
+    from worldsim.worlds import shipped_world
+
+    world = Path(args.world) if args.world else shipped_world()
+    clips = shard_clips(args.shards, split=args.split) if args.shards else []
+    print(f"worldsim play: loading {world}")
+    launch(world, clips, host=args.host, port=args.port, device=args.device,
+           open_browser=args.open)  # fmt: skip
+    return 0
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from simulator.world_checkpoint import pack_world_command
+    from simulator.world_checkpoint import pack_world
 
     names = args.action_names.split(",") if args.action_names else None
-    return pack_world_command(
+    path, spec = pack_world(
         args.tokenizer, args.dynamics, args.out, lam_path=args.lam, steer=args.steer,
         action_names=names, steps=args.steps,
     )  # fmt: skip
+    print(f"world: {path}, steered by {spec.action_space.describe()}")
+    return 0
 
 
 def _add_pack(stages: Any) -> None:
@@ -189,9 +209,11 @@ def _add_pack(stages: Any) -> None:
 
 def _add_rollout(stages: Any) -> None:
     roll = stages.add_parser("rollout", help="play an action sequence in a world; write mp4/GIF")
-    roll.add_argument("--checkpoint", required=True, help="world folder (save_world)")
-    roll.add_argument("--prompt", required=True, help="image, video, or SHARD.tar[#KEY]")
-    roll.add_argument("--actions", required=True, help='ids or names, e.g. "0,0,3,3"')
+    roll.add_argument("--checkpoint", default=None, help="world folder (default: the shipped one)")
+    roll.add_argument(
+        "--prompt", default=None, help="image, video or SHARD.tar[#KEY] (default: a start frame)"
+    )
+    roll.add_argument("--actions", required=True, help='ids or names, e.g. "0,0,3,3", "RIGHT*8"')
     roll.add_argument("--out", required=True, help="rollout.mp4 or rollout.gif")
     roll.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: world.json)")
     roll.add_argument("--temperature", type=float, default=None)
@@ -199,6 +221,18 @@ def _add_rollout(stages: Any) -> None:
     roll.add_argument("--fps", type=float, default=8.0)
     roll.add_argument("--device", default="cpu")
     roll.set_defaults(func=_rollout)
+
+
+def _add_play(stages: Any) -> None:
+    play = stages.add_parser("play", help="steer a world in the browser (Gradio app)")
+    play.add_argument("--world", default=None, help="world folder (default: the shipped one)")
+    play.add_argument("--shards", nargs="*", default=None, help="shard folders to start from")
+    play.add_argument("--split", default="test", help="split of --shards to offer")
+    play.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines")
+    play.add_argument("--port", type=int, default=None, help="default 7860, or the next free")
+    play.add_argument("--device", default="cpu")
+    play.add_argument("--open", action="store_true", help="open a browser tab")
+    play.set_defaults(func=_play)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(stages)
     _add_pack(stages)
     _add_rollout(stages)
+    _add_play(stages)
     return parser
 
 

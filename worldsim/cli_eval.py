@@ -125,7 +125,7 @@ def _eval_idm(args: argparse.Namespace) -> int:
     report = idm_accuracy(idm, ShardLoader(data, rank=0, world_size=1), args.max_batches)
     print(report.render())
     out = Path(args.out or Path(args.checkpoint) / f"eval_{args.split}.json")
-    from data_pipeline.manifest import write_atomic
+    from worldsim.io.files import write_atomic
 
     write_atomic(out, report.to_json().encode())
     print(f"report: {out}")
@@ -144,7 +144,7 @@ def _eval_fvd(args: argparse.Namespace) -> int:
     result = compute_fvd(real, fake, model, cfg, cache_dir=args.cache_dir)
     print(result.render())
     if args.out:
-        from data_pipeline.manifest import write_atomic
+        from worldsim.io.files import write_atomic
 
         write_atomic(Path(args.out), result.to_json().encode())
         print(f"report: {args.out}")

@@ -7,7 +7,6 @@ the sheet reuses the training monitor's grid writer.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from simulator.evaluation.actions import (
     TOKENIZER,
     TRUE,
 )
-from worldsim.train.monitor import to_uint8_clips, write_grid_png
+from worldsim.io.media import save_png, to_uint8_clips, write_grid_png
 
 COLORS = {  # curve name -> RGB; unknown names cycle through EXTRA_COLORS
     TOKENIZER: (150, 150, 150),
@@ -100,16 +99,7 @@ def write_curve_plot(
         draw.line([(x1 + 12, ly), (x1 + 32, ly)], fill=color, width=3)
         label = LABELS.get(name, name.replace("_", " "))
         draw.text((x1 + 38, ly), label, fill="black", font=font, anchor="lm")
-    return _save_png(image, path)
-
-
-def _save_png(image: Image.Image, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return save_png(image, path)
 
 
 @torch.no_grad()

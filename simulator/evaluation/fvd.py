@@ -33,9 +33,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from data_pipeline.manifest import write_atomic
 from simulator.evaluation.i3d_weights import I3D_SHA256, default_cache_dir
 from simulator.evaluation.videos import VideoSet, iter_videos
+from worldsim.io.files import write_atomic
 
 RESOLUTION = 224
 MIN_CLIPS = 400  # below this the 400x400 covariance is singular and FVD is biased upwards

@@ -30,8 +30,8 @@ try:
 except ImportError:  # numpy < 1.26
     from numpy.core.multiarray import _reconstruct  # type: ignore[attr-defined]
 
-from data_pipeline.manifest import write_atomic
 from simulator.evaluation.i3d import InceptionI3d
+from worldsim.io.files import write_atomic
 
 I3D_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
 WEIGHTS_ENV = "WORLDSIM_I3D_WEIGHTS"

@@ -57,7 +57,7 @@ from simulator.lam import LatentActionModel
 from simulator.sampling_config import SamplingConfig
 from simulator.world_spec import WorldActionSpace, WorldSpec
 from tokenizer.model import VideoTokenizer
-from worldsim.train.monitor import to_uint8_clips
+from worldsim.io.media import to_uint8_clips
 
 STREAMS = {LAM: "latent", RANDOM_LATENT: "latent", TRUE: "discrete", RANDOM_TRUE: "discrete"}
 DELTA_T = {"latent": (LAM, RANDOM_LATENT), "true": (TRUE, RANDOM_TRUE)}  # steered vs random

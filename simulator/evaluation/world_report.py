@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from data_pipeline.manifest import write_atomic
 from simulator.evaluation.actions import COPY, LAM, TRUE
 from simulator.evaluation.figures import write_curve_plot
-from worldsim.train.monitor import write_side_by_side_mp4
+from worldsim.io.files import write_atomic
+from worldsim.io.media import write_side_by_side_mp4
 
 
 @dataclass

@@ -18,7 +18,7 @@ from PIL import Image
 from simulator.dynamics import DynamicsModel
 from simulator.dynamics_config import dynamics_preset
 from simulator.engine import EngineConfig, WorldSimulator
-from simulator.rollout import rollout_command
+from simulator.rollout import rollout
 from simulator.sampling_config import SamplingConfig
 from simulator.world_checkpoint import load_world, save_world
 from simulator.world_spec import WorldActionSpace, WorldSpec, parse_actions
@@ -107,29 +107,42 @@ def test_corrupt_world_json_is_named(world: str, tmp_path) -> None:
 def test_parse_actions_takes_ids_and_names() -> None:
     space = DISCRETE.action_space
     assert parse_actions("0, 2,RIGHT,left", space) == [0, 2, 2, 1]
+    assert parse_actions("right*3,0", space) == [2, 2, 2, 0]
+    with pytest.raises(ValueError, match="repeat count must be an integer >= 1"):
+        parse_actions("right*0", space)
     with pytest.raises(ValueError, match="'jump' is not an id of 3 discrete actions"):
         parse_actions("0,jump", space)
     with pytest.raises(ValueError, match="action 3 is outside the action space"):
         parse_actions("0,3", space)
 
 
-def test_rollout_command_writes_gif_and_mp4(world: str, tmp_path, capsys) -> None:
+def test_rollout_writes_gif_and_mp4(world: str, tmp_path) -> None:
     image = tmp_path / "start.png"
     Image.fromarray(np.full((24, 24, 3), 90, dtype=np.uint8)).save(image)
     with pytest.warns(UserWarning, match="resized to 16x16"):
-        assert rollout_command(world, str(image), "0,1,2,2", str(tmp_path / "r.gif"), fps=5) == 0
+        result = rollout(
+            "0,1,2,2", str(tmp_path / "r.gif"), checkpoint=world, prompt=str(image), fps=5
+        )
     with Image.open(tmp_path / "r.gif") as gif:
         assert gif.n_frames == 5 and gif.size == (64, 64)
-    assert "4 actions" in capsys.readouterr().out
+    assert result.actions == 4 and "4 actions" in result.render()
     out = tmp_path / "r.mp4"
     with pytest.warns(UserWarning, match="resized"):
-        rollout_command(world, str(image), "right,left", str(out), steps=1, temperature=0, scale=2)
+        rollout(
+            "right,left",
+            str(out),
+            checkpoint=world,
+            prompt=str(image),
+            steps=1,
+            temperature=0,
+            scale=2,
+        )
     with av.open(str(out)) as video:
         assert sum(1 for _ in video.decode(video=0)) == 3
     with pytest.raises(ValueError, match="must end in .mp4 or .gif"):
-        rollout_command(world, str(image), "0", str(tmp_path / "r.avi"))
+        rollout("0", str(tmp_path / "r.avi"), checkpoint=world, prompt=str(image))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        rollout_command(world, str(tmp_path / "none.png"), "0", str(out))
+        rollout("0", str(out), checkpoint=world, prompt=str(tmp_path / "none.png"))
 
 
 def test_rollout_checks_its_arguments_before_loading_anything(world: str, tmp_path, monkeypatch):
@@ -140,17 +153,17 @@ def test_rollout_checks_its_arguments_before_loading_anything(world: str, tmp_pa
     monkeypatch.setattr("simulator.prompt.load_prompt", no_loading)
     out = str(tmp_path / "r.gif")
     with pytest.raises(ValueError, match="action 7 is outside the action space"):
-        rollout_command(world, "start.png", "0,7", out)
+        rollout("0,7", out, checkpoint=world, prompt="start.png")
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        rollout_command(world, "start.png", "0", out, steps=0)
+        rollout("0", out, checkpoint=world, prompt="start.png", steps=0)
     with pytest.raises(FileNotFoundError, match="no world in .*worldsim pack"):
-        rollout_command(str(tmp_path), "start.png", "0", out)
+        rollout("0", out, checkpoint=str(tmp_path), prompt="start.png")
     # The command module itself loads no torch: a refusal comes before seconds of imports.
     code = "import sys, simulator.rollout; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_rollout_from_a_shard_sample_uses_its_true_actions(world: str, tmp_path, capsys) -> None:
+def test_rollout_from_a_shard_sample_uses_its_true_actions(world: str, tmp_path) -> None:
     shard = tmp_path / "train-000000.tar"
     frames = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
     members = {"frames.npy": frames, "actions.npy": np.array([0, 1, 2, 1, 0])}
@@ -162,10 +175,12 @@ def test_rollout_from_a_shard_sample_uses_its_true_actions(world: str, tmp_path,
             info.size = buf.tell()
             buf.seek(0)
             tar.addfile(info, buf)
-    rollout_command(world, f"{shard}#clip-000000", "1,1", str(tmp_path / "s.gif"))
-    assert "last 5 frames with their actions" in capsys.readouterr().out
+    result = rollout(
+        "1,1", str(tmp_path / "s.gif"), checkpoint=world, prompt=f"{shard}#clip-000000"
+    )
+    assert result.note == "last 5 frames with their actions"
     with pytest.raises(ValueError, match="no clip 'other'.*clip-000000"):
-        rollout_command(world, f"{shard}#other", "1", str(tmp_path / "s.gif"))
+        rollout("1", str(tmp_path / "s.gif"), checkpoint=world, prompt=f"{shard}#other")
 
 
 def test_a_model_trained_with_source_dropout_is_steered_by_either_source(tmp_path) -> None:

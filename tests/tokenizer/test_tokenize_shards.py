@@ -17,7 +17,6 @@ from data_pipeline.loader import collate
 from data_pipeline.manifest import (
     MANIFEST,
     ShardRecord,
-    file_sha256,
     merge_split,
     shard_name,
     split_entry,
@@ -34,6 +33,7 @@ from data_pipeline.token_shards import (
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
 from tokenizer.tokenize_shards import tokenize_shards
+from worldsim.io.files import file_sha256
 
 T = 4  # frames per clip; the tiny preset takes 16x16 frames, up to 8 of them
 

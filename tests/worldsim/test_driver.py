@@ -28,15 +28,8 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from PIL import Image
 
-from worldsim.train import (
-    TrainConfig,
-    TrainingDiverged,
-    lr_lambda,
-    to_uint8_clips,
-    train,
-    write_grid_png,
-    write_side_by_side_mp4,
-)
+from worldsim.io.media import to_uint8_clips, write_grid_png, write_side_by_side_mp4
+from worldsim.train import TrainConfig, TrainingDiverged, lr_lambda, train
 from worldsim.train.checkpoint import latest_checkpoint, whole_copy
 
 DIM = 4

@@ -10,7 +10,6 @@ from worldsim.train.driver import (
     lr_lambda,
     train,
 )
-from worldsim.train.monitor import to_uint8_clips, write_grid_png, write_side_by_side_mp4
 
 __all__ = [
     "LossOutput",
@@ -20,8 +19,5 @@ __all__ = [
     "TrainTask",
     "TrainingDiverged",
     "lr_lambda",
-    "to_uint8_clips",
     "train",
-    "write_grid_png",
-    "write_side_by_side_mp4",
 ]

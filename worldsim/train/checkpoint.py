@@ -24,6 +24,8 @@ from typing import Any, Protocol
 import torch
 from accelerate import Accelerator
 
+from worldsim.io.files import replace_dir
+
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d{8})$")
 
@@ -146,18 +148,6 @@ def export_pretrained(model: Pretrained, dst: Path) -> Path:
     model.save_pretrained(tmp)
     replace_dir(tmp, dst)
     return dst
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Rename `src` to `dst`; an existing `dst` is moved aside first and deleted only afterwards."""
-    old = dst.with_name(dst.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def _prune(root: Path, keep_last: int) -> None:

@@ -1,89 +1,16 @@
-"""What a person watches while a model trains: metric logs and reconstruction pictures.
-
-`RunLog` writes one CSV per split (`train.csv`, `eval.csv`) on every log step, and the same scalars
-to TensorBoard when it is installed. The picture writers take uint8 clips (T, H, W, 3) so that any
-task can show real frames beside its model's frames: `write_grid_png` (one row per clip, one column
-per frame) and `write_side_by_side_mp4` (the clips play next to each other).
+"""What a person watches while a model trains: metric logs. `RunLog` writes one CSV per split
+(`train.csv`, `eval.csv`) on every log step, and the same scalars to TensorBoard when it is
+installed. Tasks draw their pictures with worldsim.io.media.
 """
 
 from __future__ import annotations
 
 import csv
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from einops import rearrange
-from PIL import Image
-
-
-def to_uint8_clips(frames: torch.Tensor) -> np.ndarray:
-    """Model-space frames (..., C, H, W) floats in [-1, 1] -> (..., H, W, C) uint8 RGB."""
-    if frames.dim() < 3 or frames.shape[-3] != 3:
-        raise ValueError(f"expected frames (..., 3, H, W), got shape {tuple(frames.shape)}")
-    pixels = ((frames.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.movedim(-3, -1).cpu().numpy()
-
-
-def write_grid_png(clips: Sequence[np.ndarray], path: str | Path, border: int = 2) -> Path:
-    """One row per clip (T, H, W, 3) uint8, one column per frame, white borders between cells."""
-    stack = _check_clips(clips)  # (R, T, H, W, 3)
-    pad = ((0, 0), (0, 0), (border, border), (border, border), (0, 0))
-    tiled = rearrange(np.pad(stack, pad, constant_values=255), "r t h w c -> (r h) (t w) c")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(tiled).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
-
-
-def write_side_by_side_mp4(
-    clips: Sequence[np.ndarray], path: str | Path, fps: float = 8.0, scale: int = 1
-) -> Path:
-    """Play the clips (each (T, H, W, 3) uint8) left to right in one H.264 video.
-
-    `scale` enlarges by pixel repetition: 64x64 game frames are too small to judge in a player.
-    """
-    import av  # PyAV's FFmpeg libraries load only where a video is written
-
-    stack = _check_clips(clips)  # (R, T, H, W, 3)
-    video = rearrange(stack, "r t h w c -> t h (r w) c")
-    if scale > 1:
-        video = video.repeat(scale, axis=1).repeat(scale, axis=2)
-    # yuv420p halves chroma resolution, so H.264 needs even sides.
-    pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
-    video = np.ascontiguousarray(np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0))))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=round(fps))
-        stream.width, stream.height = video.shape[2], video.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18"}  # near-lossless: the video is for judging reconstructions
-        for frame in video:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode(None))
-    os.replace(tmp, path)
-    return path
-
-
-def _check_clips(clips: Sequence[np.ndarray]) -> np.ndarray:
-    if not clips:
-        raise ValueError("no clips to draw")
-    shapes = {np.shape(c) for c in clips}
-    if len(shapes) != 1:
-        raise ValueError(f"clips must share one (T, H, W, 3) shape, got {sorted(shapes)}")
-    stack = np.stack(clips)
-    if stack.ndim != 5 or stack.shape[-1] != 3 or stack.dtype != np.uint8:
-        raise ValueError(
-            f"clips must be uint8 (T, H, W, 3), got {stack.dtype} {tuple(stack.shape[1:])}"
-        )
-    return stack
+from worldsim.io.files import atomic_path
 
 
 class RunLog:
@@ -150,9 +77,7 @@ class RunLog:
 
     @staticmethod
     def _rewrite(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=header)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)

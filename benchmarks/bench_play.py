@@ -1,0 +1,133 @@
+"""`worldsim play` speed as a player sees it, measured in one run in Debian's chromium.
+
+1. Time from the command to the first frame on the page (server start, world load, page load).
+2. One player holding RIGHT: frames per second the page shows (frames / seconds held, and the
+   page's own FPS readout), against the engine stepping the same world in this process with no
+   browser or server: the ratio is what the app costs on top of the engine.
+3. Four players holding keys at once (four browser contexts: four Gradio sessions): frames per
+   second per player and in total. Generating events share one queue slot, so the total should
+   stay near one player's rate while each player gets about a quarter.
+
+    python benchmarks/bench_play.py [--seconds 10] [--world WORLD]
+
+Needs `apt-get install chromium` and the dev extra (Playwright). The server runs with torch's
+default threads (2 on the reference machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+KEYS = ["ArrowRight", "ArrowLeft", "ArrowUp", "KeyD"]  # what each of the four players holds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long keys are held")
+    parser.add_argument("--world", default=None, help="world folder (default: the shipped one)")
+    args = parser.parse_args()
+    engine_fps = engine_only_fps(args.world, steps=40)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "worldsim.cli", "play", "--port", str(port)]
+    cmd += ["--world", args.world] if args.world else []
+    began = time.perf_counter()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = wait_for(f"http://127.0.0.1:{port}")
+        run_browser(url, began, args.seconds, engine_fps)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def engine_only_fps(world: str | None, steps: int) -> float:
+    import torch
+
+    from simulator.engine import WorldSimulator
+    from worldsim.worlds import shipped_world
+
+    sim = WorldSimulator.from_pretrained(Path(world) if world else shipped_world())
+    right = sim.action_space.names.index("RIGHT") if "RIGHT" in sim.action_space.names else 0
+    state = sim.reset(torch.zeros(1, 3, 64, 64))
+    for _ in range(4):  # warm-up
+        _, state = sim.step(state, right)
+    began = time.perf_counter()
+    for _ in range(steps):
+        _, state = sim.step(state, right)
+    return steps / (time.perf_counter() - began)
+
+
+def wait_for(url: str) -> str:
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return url
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer in 2 minutes")
+
+
+def run_browser(url: str, began: float, seconds: float, engine_fps: float) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        pages = [browser.new_context().new_page() for _ in KEYS]
+        pages[0].goto(url)
+        pages[0].wait_for_selector("#ws-frame-img", timeout=120_000)
+        first_frame_s = time.perf_counter() - began
+        for page in pages[1:]:
+            page.goto(url)
+            page.wait_for_selector("#ws-frame-img", timeout=120_000)
+        time.sleep(3)  # let the legend previews of the four starts finish
+        (one,), generate_ms = hold(pages[:1], KEYS[:1], seconds)
+        readout = pages[0].inner_text("#ws-fps")
+        four, _ = hold(pages, KEYS, seconds)
+        browser.close()
+    print(f"command to first frame: {first_frame_s:.1f} s")
+    print(f"engine alone (this process, no browser): {engine_fps:.1f} FPS")
+    print(f"one player in the browser: {one:.1f} FPS (page readout {readout}); "
+          f"ratio to the engine {one / engine_fps:.2f}")  # fmt: skip
+    print(f"  the server's median time to generate a frame meanwhile: {generate_ms:.0f} ms "
+          f"(engine alone: {1000 / engine_fps:.0f} ms; the browser shares the CPU)")  # fmt: skip
+    print(f"four players at once: {sum(four):.1f} FPS in total, per player "
+          f"{', '.join(f'{f:.1f}' for f in four)}")  # fmt: skip
+
+
+def hold(pages: list, keys: list[str], seconds: float) -> tuple[list[float], float]:
+    """Hold one key per page for `seconds` (all at once): the frames per second each page
+    showed, and the median generation time the first page's status reported meanwhile."""
+    frame = "el => Number(el.dataset.frame)"
+    start = [p.eval_on_selector("#ws-frame-img", frame) for p in pages]
+    for page, key in zip(pages, keys, strict=True):
+        page.keyboard.down(key)
+    samples = []
+    for _ in range(int(seconds * 4)):
+        time.sleep(0.25)
+        found = re.search(r"(\d+) ms to generate", pages[0].inner_text("#ws-status"))
+        samples += [float(found.group(1))] if found else []
+    for page, key in zip(pages, keys, strict=True):
+        page.keyboard.up(key)
+    time.sleep(1)
+    end = [p.eval_on_selector("#ws-frame-img", frame) for p in pages]
+    fps = [(e - s) / seconds for s, e in zip(start, end, strict=True)]
+    return fps, statistics.median(samples) if samples else float("nan")
+
+
+if __name__ == "__main__":
+    main()

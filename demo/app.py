@@ -1,0 +1,237 @@
+"""`worldsim play`: steer a generated world in the browser (Gradio).
+
+    worldsim play                       # the world shipped in the package
+    worldsim play --world WORLD --shards data/coinrun_hard_eval
+
+The page shows the newest frame (64x64, enlarged without smoothing), advances while a key is
+held (arrows / WASD / Space, digits for numbered actions; demo/static/play.js keeps exactly one
+step in flight, so the world runs as fast as the engine allows and never queues stale keys),
+and offers buttons for the same actions, pause (P), undo, restart, sampling settings, a legend
+that previews each action from the current frame, and the session as mp4 or GIF.
+
+Each browser session holds its own `PlaySession` in a `gr.State` (freed after IDLE_S without an
+event); every generating event shares one queue slot, so players take turns on the CPU instead
+of slowing each other's steps down. Handlers are demo/handlers.py; a `PlayError` is shown to its
+player as a notice, anything else as a short error, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from demo.handlers import PlayHandlers, Settings
+from demo.uploads import IMAGE_SUFFIXES, MAX_UPLOAD_MB, PlayError
+from simulator.engine import EngineConfig, WorldSimulator
+from simulator.prompt import VIDEO_SUFFIXES
+
+STATIC = Path(__file__).parent / "static"
+IDLE_S = 900  # a session untouched this long is dropped (its world state and frames freed)
+MAX_QUEUE = 64  # events waiting beyond this are refused ("too busy") instead of piling up
+ENGINE = {"concurrency_id": "engine", "concurrency_limit": 1}  # every event that runs models
+HELD_JS = "(held, ...rest) => [window.worldsimHeld(), ...rest]"  # the keys held, read at send
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Page:
+    """The components the events read and write."""
+
+    session: gr.State
+    frame: gr.HTML
+    status: gr.Markdown
+    steps: gr.Slider
+    temperature: gr.Slider
+    seed: gr.Number
+    controls: dict[str, Any]  # buttons and inputs by name
+
+    @property
+    def shown(self) -> list[Any]:
+        """What a handler's (session, view) updates."""
+        return [self.session, self.frame, self.status]
+
+    @property
+    def knobs(self) -> list[Any]:
+        """The inputs that make a `Settings`, in its field order."""
+        return [self.steps, self.temperature, self.seed]
+
+
+def build_app(handlers: PlayHandlers) -> gr.Blocks:
+    with gr.Blocks(title="worldsim play", delete_cache=(600, 3600)) as app:
+        gr.Markdown(
+            f"**worldsim play**: `{handlers.world.name}`, steered by "
+            f"{handlers.engine.action_space.describe()}. Hold the arrow keys, WASD or Space "
+            "(digits pick numbered actions); P pauses."
+        )
+        page = _layout(handlers)
+        _wire_play(handlers, page)
+        _wire_starts(handlers, page)
+        started = app.load(
+            _shown(lambda s, *k: handlers.start_builtin(0, Settings(*k))),
+            [page.session, *page.knobs], page.shown, **ENGINE,
+        )  # fmt: skip
+        _then_preview(handlers, page, started)
+    return app
+
+
+def _then_preview(handlers: PlayHandlers, page: Page, event: Any) -> None:
+    """Refresh the legend's previews once a new start is shown."""
+    event.then(
+        _friendly(lambda s, *k: handlers.legend(s, Settings(*k)), 1), [page.session, *page.knobs],
+        page.controls["legend"], **ENGINE,
+    )  # fmt: skip
+
+
+def _layout(handlers: PlayHandlers) -> Page:
+    sampling, c = handlers.default_sampling, dict[str, Any]()
+    session = gr.State(None, time_to_live=IDLE_S)
+    with gr.Row():
+        with gr.Column(scale=3):
+            frame = gr.HTML(elem_id="ws-frame")
+            gr.HTML('<span id="ws-fps">0.0 FPS</span><span id="ws-paused"></span>')
+            status = gr.Markdown("pick a start frame", elem_id="ws-status")
+            with gr.Row():
+                for name in ("pause (P)", "undo", "restart", "download mp4", "download GIF"):
+                    c[name] = gr.Button(name, size="sm")
+            c["download"] = gr.File(label="session video", interactive=False, height=90)
+        with gr.Column(scale=2):
+            c["gallery"] = gr.Gallery(
+                [(str(s.path), s.label) for s in handlers.starts], columns=6, height=180,
+                label="start frames (held-out levels)", allow_preview=False,
+            )  # fmt: skip
+            c["clips"] = gr.Dropdown(
+                handlers.shard_clips, label="or a clip of the shards",
+                visible=bool(handlers.shard_clips),
+            )  # fmt: skip
+            c["upload"] = gr.File(
+                label=f"or upload an image or a short clip (up to {MAX_UPLOAD_MB} MB)",
+                file_types=sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES),
+            )
+            with gr.Row():
+                for action in handlers.preview_actions():
+                    label = handlers.controls.controls[action].label
+                    c[f"action {action}"] = gr.Button(label, size="sm", min_width=60)
+            c["legend"] = gr.HTML(handlers.legend(None, Settings(sampling.steps, 1.0, 0)))
+            c["preview"] = gr.Button("preview every action from this frame", size="sm")
+            with gr.Accordion("sampling", open=False):
+                steps = gr.Slider(1, 25, value=sampling.steps, step=1, label="MaskGIT steps")
+                temperature = gr.Slider(
+                    0.0, 3.0, value=sampling.temperature, step=0.1, label="temperature"
+                )
+                seed = gr.Number(0, precision=0, label="seed (used on start and restart)")
+    c["step"] = gr.Button("step", elem_id="ws-step", elem_classes=["ws-hidden"])
+    c["held"] = gr.Textbox(elem_classes=["ws-hidden"])
+    return Page(session, frame, status, steps, temperature, seed, c)
+
+
+def _wire_play(handlers: PlayHandlers, page: Page) -> None:
+    c, knobs, shown = page.controls, page.knobs, page.shown
+    c["step"].click(
+        _shown(lambda h, s, *k: handlers.step_held(h, s, Settings(*k))),
+        [c["held"], page.session, *knobs], shown, js=HELD_JS, show_progress="hidden",
+        trigger_mode="once", **ENGINE,
+    ).then(None, js="() => window.worldsimStepDone()")  # fmt: skip
+    for action in handlers.preview_actions():
+        c[f"action {action}"].click(
+            _shown(lambda s, *k, a=action: handlers.step(a, s, Settings(*k))),
+            [page.session, *knobs], shown, show_progress="hidden", **ENGINE,
+        )  # fmt: skip
+    c["pause (P)"].click(None, js="() => window.worldsimTogglePause()")
+    c["undo"].click(_shown(handlers.undo), [page.session], shown, **ENGINE)
+    c["restart"].click(
+        _shown(lambda s, *k: handlers.restart(s, Settings(*k))), [page.session, *knobs], shown,
+        **ENGINE,
+    )  # fmt: skip
+    c["preview"].click(
+        _friendly(lambda s, *k: handlers.legend(s, Settings(*k)), 1), [page.session, *knobs],
+        c["legend"], **ENGINE,
+    )  # fmt: skip
+    for name, suffix in (("download mp4", ".mp4"), ("download GIF", ".gif")):
+
+        def save(session: Any, request: gr.Request, suffix: str = suffix) -> str:
+            return str(handlers.download(session, suffix, request.session_hash or "session"))
+
+        c[name].click(
+            _friendly(save, 1), [page.session], c["download"], concurrency_id="downloads",
+            concurrency_limit=2,
+        )  # fmt: skip
+
+
+def _wire_starts(handlers: PlayHandlers, page: Page) -> None:
+    c, knobs, shown = page.controls, page.knobs, page.shown
+
+    def pick(session: Any, steps: Any, temperature: Any, seed: Any, evt: gr.SelectData) -> Any:
+        return handlers.start_builtin(int(evt.index), Settings(steps, temperature, seed))
+
+    picked = c["gallery"].select(_shown(pick), [page.session, *knobs], shown, **ENGINE)
+    chosen = c["clips"].input(
+        _shown(lambda clip, s, *k: handlers.start_shard_clip(clip, Settings(*k))),
+        [c["clips"], page.session, *knobs], shown, **ENGINE,
+    )  # fmt: skip
+    uploaded = c["upload"].upload(
+        _shown(lambda path, s, *k: handlers.start_upload(path, Settings(*k))),
+        [c["upload"], page.session, *knobs], shown, **ENGINE,
+    )  # fmt: skip
+    for event in (picked, chosen, uploaded):
+        _then_preview(handlers, page, event)
+
+
+def _shown(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A handler's (session, view) as the three outputs of `Page.shown`; None (keys that mean
+    nothing in this world) leaves the page as it is."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        result = fn(*args, **kwargs)
+        if result is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        session, view = result
+        return session, view.frame_html, view.status
+
+    return _friendly(run, 3)
+
+
+def _friendly(fn: Callable[..., Any], outputs: int) -> Callable[..., Any]:
+    """Show a PlayError to its player as a notice and leave the page as it was; any other error
+    is logged here with its traceback and shown as one short line."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PlayError as err:
+            gr.Warning(str(err))
+            return gr.skip() if outputs == 1 else tuple(gr.skip() for _ in range(outputs))
+        except Exception as err:
+            log.exception("play handler failed")
+            raise gr.Error(f"the world could not do that ({type(err).__name__})") from None
+
+    return run
+
+
+def launch(
+    world: Path,
+    shard_clips: Sequence[str] = (),
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    device: str = "cpu",
+    open_browser: bool = False,
+    block: bool = True,
+) -> tuple[gr.Blocks, str]:
+    """Load the world once and serve the app; returns the app and its local URL."""
+    engine = WorldSimulator.from_pretrained(world, EngineConfig(device=device))
+    handlers = PlayHandlers(engine, world, shard_clips)
+    app = build_app(handlers)
+    app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
+    _, url, _ = app.launch(
+        server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=not block,
+        max_file_size=f"{MAX_UPLOAD_MB}mb", css=(STATIC / "play.css").read_text(),
+        js=(STATIC / "play.js").read_text(), footer_links=[],
+    )  # fmt: skip
+    return app, url

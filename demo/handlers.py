@@ -1,0 +1,216 @@
+"""What the app does on each player event, without Gradio: the app (demo/app.py) wires these to
+buttons and keys, tests call them directly. Each handler takes the player's own `PlaySession`
+(or None before the first start) and returns the new session and what to show; a problem the
+player can fix raises `PlayError`, and no handler touches another player's session.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from demo.controls import Controls, controls_for
+from demo.session import PlaySession, Start
+from demo.uploads import BuiltinStart, PlayError, builtin_starts, load_start
+from simulator.engine import WorldSimulator
+from simulator.prompt import LoadedPrompt, prompt_and_actions
+from simulator.sampling_config import SamplingConfig
+from worldsim.io.media import png_bytes, write_video
+
+DOWNLOAD_FPS = 15.0  # CoinRun's own frame rate
+DOWNLOAD_SCALE = 4  # 64x64 frames are enlarged 4x (pixel repetition) in downloads
+
+
+@dataclass
+class View:
+    """What the page shows after an event."""
+
+    frame_html: str  # the newest frame as an <img> (PNG data URI, enlarged by CSS, pixelated)
+    status: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The advanced panel: MaskGIT steps and temperature of the next frames, the seed of the
+    next (re)start."""
+
+    steps: int
+    temperature: float
+    seed: int
+
+    def sampling(self, base: SamplingConfig) -> SamplingConfig:
+        try:
+            steps, temperature = int(self.steps), float(self.temperature)
+        except (TypeError, ValueError) as err:
+            raise PlayError(f"steps and temperature must be numbers: {err}") from err
+        sampling = dataclasses.replace(base, steps=steps, temperature=temperature)
+        try:
+            sampling.validate()
+        except ValueError as err:
+            raise PlayError(str(err)) from err
+        return sampling
+
+
+class PlayHandlers:
+    def __init__(
+        self, engine: WorldSimulator, world: Path, shard_clips: Sequence[str] = ()
+    ) -> None:
+        self.engine = engine
+        self.world = world
+        self.controls: Controls = controls_for(engine.action_space)
+        self.starts: list[BuiltinStart] = builtin_starts(world)
+        self.shard_clips = list(shard_clips)  # "SHARD.tar#KEY" the server was started with
+        self.downloads = Path(tempfile.mkdtemp(prefix="worldsim-play-"))
+
+    @property
+    def default_sampling(self) -> SamplingConfig:
+        return self.engine.sampling
+
+    # -- starting ---------------------------------------------------------------------------
+    def start_builtin(self, index: int, settings: Settings) -> tuple[PlaySession, View]:
+        if not 0 <= index < len(self.starts):
+            raise PlayError(f"there is no built-in start frame {index}")
+        start = self.starts[index]
+        return self._begin(load_start(start.path, self._max_prompt), start.label, settings)
+
+    def start_shard_clip(self, clip: str, settings: Settings) -> tuple[PlaySession, View]:
+        if clip not in self.shard_clips:  # only clips the server offered, never a typed path
+            raise PlayError(f"{clip!r} is not one of the shard clips offered")
+        label = clip.rsplit("/", 1)[-1]
+        return self._begin(load_start(clip, self._max_prompt, label), label, settings)
+
+    def start_upload(self, path: str | None, settings: Settings) -> tuple[PlaySession, View]:
+        if not path:
+            raise PlayError("no file was uploaded")
+        label = f"upload {Path(path).name}"
+        return self._begin(load_start(path, self._max_prompt, label), label, settings)
+
+    # -- playing ----------------------------------------------------------------------------
+    def step_held(
+        self, held: str, session: PlaySession | None, settings: Settings
+    ) -> tuple[PlaySession, View] | None:
+        """One frame under the keys held; None when they mean no action of this world."""
+        action = self.controls.action_for(held or "")
+        if action is None:
+            return None
+        return self.step(action, session, settings)
+
+    def step(
+        self, action: int, session: PlaySession | None, settings: Settings
+    ) -> tuple[PlaySession, View]:
+        session = self._require(session)
+        if not 0 <= action < self.engine.action_space.n:
+            raise PlayError(f"action {action} is not one of this world's actions")
+        session.step(action, settings.sampling(self.default_sampling))
+        return session, self.view(session)
+
+    def undo(self, session: PlaySession | None) -> tuple[PlaySession, View]:
+        session = self._require(session)
+        if not session.undo():
+            raise PlayError("nothing to undo (the oldest kept frame is shown)")
+        return session, self.view(session)
+
+    def restart(self, session: PlaySession | None, settings: Settings) -> tuple[PlaySession, View]:
+        session = self._require(session)
+        session.restart(_seed(settings))
+        return session, self.view(session)
+
+    # -- showing ----------------------------------------------------------------------------
+    def view(self, session: PlaySession) -> View:
+        last = session.steps[-1].action if session.steps else None
+        action = self.controls.controls[last].label if last is not None else "start"
+        ms = f" · {session.last_step_s * 1000:.0f} ms to generate" if session.steps else ""
+        status = (
+            f"frame {session.frame_index} · {action}{ms} · start: {session.start.label} · "
+            f"seed {session.seed}"
+        )
+        return View(frame_img(session.frame, session.frame_index), status)
+
+    def legend(self, session: PlaySession | None, settings: Settings) -> str:
+        """The keys, what each does, and a preview of each from the current frame."""
+        shown = self.preview_actions()
+        previews: dict[int, np.ndarray] = {}
+        if session is not None:
+            sampling = settings.sampling(self.default_sampling)
+            previews = dict(zip(shown, session.preview(shown, sampling), strict=True))
+        rows = []
+        for action in shown:
+            control = self.controls.controls[action]
+            thumb = previews.get(action)
+            img = "" if thumb is None else f'<img class="ws-thumb" src="{data_uri(thumb)}">'
+            rows.append(f"<tr><td>{control.keys}</td><td>{control.label}</td><td>{img}</td></tr>")
+        after = f"after frame {session.frame_index}" if session is not None else ""
+        head = f"<tr><th>keys</th><th>action</th><th>next frame {after}</th></tr>"
+        return f'<table class="ws-legend">{head}{"".join(rows)}</table>'
+
+    def preview_actions(self) -> list[int]:
+        """The actions the legend previews and the buttons show: every one a key reaches by
+        direction (plus the idle action), else the ones digits reach."""
+        keyed = [c.action for c in self.controls.controls if "/" in c.keys]
+        idle = self.controls.idle_action
+        if keyed:
+            return keyed + ([idle] if idle is not None and idle not in keyed else [])
+        return [c.action for c in self.controls.controls if c.keys]
+
+    def download(self, session: PlaySession | None, suffix: str, session_id: str) -> Path:
+        """The session's frames as an mp4 or GIF file (one file per player, replaced)."""
+        session = self._require(session)
+        if suffix not in (".mp4", ".gif"):
+            raise PlayError(f"downloads are .mp4 or .gif, not {suffix!r}")
+        safe = "".join(ch for ch in session_id if ch.isalnum())[:32] or "session"
+        path = self.downloads / f"worldsim-{safe}{suffix}"
+        return write_video(session.video(), path, DOWNLOAD_FPS, DOWNLOAD_SCALE)
+
+    # -- internals --------------------------------------------------------------------------
+    @property
+    def _max_prompt(self) -> int:
+        return self.engine.max_prompt_frames
+
+    def _begin(
+        self, loaded: LoadedPrompt, label: str, settings: Settings
+    ) -> tuple[PlaySession, View]:
+        """Start from what the world can take of the clip (simulator.prompt.prompt_and_actions:
+        its last frames with known or inferable actions between them, else its last frame)."""
+        frames, between, _ = prompt_and_actions(loaded, self.engine)
+        start = Start(frames, None if between is None else between[0], label)
+        session = PlaySession.begin(self.engine, start, _seed(settings))
+        return session, self.view(session)
+
+    @staticmethod
+    def _require(session: PlaySession | None) -> PlaySession:
+        if session is None:
+            raise PlayError("pick a start frame first")
+        return session
+
+    def close(self) -> None:
+        for path in self.downloads.glob("*"):
+            path.unlink(missing_ok=True)
+        os.rmdir(self.downloads)
+
+
+def _seed(settings: Settings) -> int:
+    try:
+        seed = int(settings.seed)
+    except (TypeError, ValueError) as err:
+        raise PlayError(f"the seed must be a whole number, got {settings.seed!r}") from err
+    if not 0 <= seed < 2**63:
+        raise PlayError(f"the seed must lie in 0 .. 2^63 - 1, got {seed}")
+    return seed
+
+
+def data_uri(frame_HWC: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(frame_HWC)).decode()
+
+
+def frame_img(frame_HWC: np.ndarray, index: int) -> str:
+    return (
+        f'<img class="ws-frame" id="ws-frame-img" data-frame="{index}" '
+        f'alt="world frame {index}" src="{data_uri(frame_HWC)}">'
+    )

@@ -1,0 +1,121 @@
+"""One player's world: the state the engine steps, the frames shown so far, undo and replay.
+
+A `PlaySession` belongs to one browser session (the app keeps it in a `gr.State`), so players
+never share a world; the engine (models, no per-player state) is shared. Engine states are
+values, so undo is a pop and a preview is a branch that is thrown away. The session records
+what reproduces it: the start frames, the seed and every step's action and sampling settings;
+replaying that record (`replay`) gives the same frames.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.engine import WorldSimulator, WorldState
+from simulator.sampling_config import SamplingConfig
+from worldsim.io.media import to_uint8_clips
+
+MAX_UNDO = 32  # states kept for undo: each holds the model caches of a whole context window
+MAX_FRAMES = 3600  # frames kept for the download (four minutes at 15 FPS); older ones drop
+
+
+@dataclass
+class Start:
+    """What a session starts from: prompt frames (T, H, W, 3) uint8, the T - 1 actions between
+    them (None for one frame, or for a latent world's LAM to infer), and where they came from."""
+
+    frames: np.ndarray
+    actions: np.ndarray | None
+    label: str
+
+
+@dataclass
+class Step:
+    action: int
+    sampling: SamplingConfig
+
+
+@dataclass
+class PlaySession:
+    engine: WorldSimulator
+    start: Start
+    seed: int
+    steps: list[Step] = field(default_factory=list)  # since the start, undone ones removed
+    frames: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=MAX_FRAMES))
+    history: deque[WorldState] = field(default_factory=lambda: deque(maxlen=MAX_UNDO + 1))
+    last_step_s: float = 0.0  # engine time of the newest step
+
+    @classmethod
+    def begin(cls, engine: WorldSimulator, start: Start, seed: int) -> PlaySession:
+        session = cls(engine, start, seed)
+        session._reset()
+        return session
+
+    @property
+    def state(self) -> WorldState:
+        return self.history[-1]
+
+    @property
+    def frame(self) -> np.ndarray:
+        """The newest frame, uint8 (H, W, 3)."""
+        return self.frames[-1]
+
+    @property
+    def frame_index(self) -> int:
+        return self.state.frame_index
+
+    def step(self, action: int, sampling: SamplingConfig) -> np.ndarray:
+        began = time.perf_counter()
+        frame, state = self.engine.step(self.state, [action], sampling=sampling)
+        self.last_step_s = time.perf_counter() - began
+        self.history.append(state)
+        self.steps.append(Step(action, sampling))
+        self.frames.append(to_uint8_clips(frame[0]))
+        return self.frame
+
+    def undo(self) -> bool:
+        """Step back one frame; False when no older state is kept."""
+        if len(self.history) < 2:
+            return False
+        self.history.pop()
+        self.steps.pop()
+        self.frames.pop()
+        return True
+
+    def restart(self, seed: int | None = None) -> np.ndarray:
+        """Back to the start frames (with a new seed, if given)."""
+        if seed is not None:
+            self.seed = seed
+        self._reset()
+        return self.frame
+
+    def preview(self, actions: list[int], sampling: SamplingConfig) -> list[np.ndarray]:
+        """The next frame under each action, as branches: the session does not move."""
+        state = self.state
+        many = [self.engine.step(state, [a], sampling=sampling)[0][0] for a in actions]
+        return [to_uint8_clips(frame) for frame in many]
+
+    def video(self) -> np.ndarray:
+        """Every frame kept, (T, H, W, 3) uint8."""
+        return np.stack(list(self.frames))
+
+    def replay(self) -> np.ndarray:
+        """The session's frames recomputed from its record alone (start, seed, steps)."""
+        fresh = PlaySession.begin(self.engine, self.start, self.seed)
+        for step in self.steps:
+            fresh.step(step.action, step.sampling)
+        return fresh.video()
+
+    def _reset(self) -> None:
+        prompt = self.start.frames[None]
+        actions = None if self.start.actions is None else self.start.actions[None]
+        state = self.engine.reset(prompt, prompt_actions=actions, seed=self.seed)
+        self.history.clear()
+        self.steps.clear()
+        self.frames.clear()
+        self.history.append(state)
+        self.frames.append(to_uint8_clips(state.frame_BCHW[0]))

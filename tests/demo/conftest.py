@@ -1,0 +1,48 @@
+"""A tiny playable world (untrained, 16x16, CoinRun-like action names) with two start frames."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from demo.handlers import PlayHandlers, Settings
+from simulator.dynamics import DynamicsModel
+from simulator.dynamics_config import dynamics_preset
+from simulator.engine import WorldSimulator
+from simulator.sampling_config import SamplingConfig
+from simulator.world_checkpoint import save_world
+from simulator.world_spec import WorldActionSpace, WorldSpec
+from tokenizer.config import tokenizer_preset
+from tokenizer.model import VideoTokenizer
+
+NAMES = ["NOOP", "LEFT", "RIGHT", "UP", "LEFT+UP", "RIGHT+UP"]
+SETTINGS = Settings(steps=2, temperature=1.0, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    cfg = dynamics_preset("tiny", action_sources=["discrete"], num_discrete_actions=len(NAMES))
+    spec = WorldSpec(WorldActionSpace("discrete", len(NAMES), NAMES), SamplingConfig(steps=2))
+    path = tmp_path_factory.mktemp("play") / "tiny"
+    save_world(path, VideoTokenizer(tokenizer_preset("tiny")), DynamicsModel(cfg), spec=spec)
+    (path / "starts").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        frame = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(frame).save(path / "starts" / f"level{i}.png")
+    entries = [{"file": "level0.png", "distribution_mode": "easy", "level_seed": 7}]
+    (path / "starts" / "starts.json").write_text(json.dumps(entries))
+    return path
+
+
+@pytest.fixture
+def handlers(tiny_world: Path) -> PlayHandlers:
+    play = PlayHandlers(WorldSimulator.from_pretrained(tiny_world), tiny_world)
+    yield play
+    play.close()

@@ -1,0 +1,98 @@
+"""`worldsim play` in a real browser: Debian's chromium driven by Playwright starts the shipped
+world, holds keys, and sees the frame change and the FPS readout appear. Marked `browser` (CI
+runs it after `apt-get install chromium`); a missing chromium fails it rather than skipping.
+The screenshot goes to $WORLDSIM_SCREENSHOT (default: the test's tmp folder)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server():
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    began = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worldsim.cli", "play", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                pytest.fail(f"worldsim play exited: {proc.stdout.read()}")
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        yield url, began
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_holding_keys_plays_the_shipped_world(server, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, began = server
+    assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium: apt-get install chromium"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("#ws-frame-img", timeout=60_000)
+        print(f"command to first frame: {time.perf_counter() - began:.1f} s")
+        first = page.get_attribute("#ws-frame-img", "src")
+        assert page.get_attribute("#ws-frame-img", "data-frame") == "0"
+        page.click("h1, .prose, body", position={"x": 5, "y": 5})  # focus the page, not a field
+        page.keyboard.down("ArrowRight")
+        page.wait_for_function(
+            "document.querySelector('#ws-frame-img').dataset.frame >= 8", timeout=60_000
+        )
+        page.keyboard.down("ArrowUp")  # RIGHT+UP while both are held
+        page.wait_for_timeout(1500)
+        page.keyboard.up("ArrowUp")
+        page.keyboard.up("ArrowRight")
+        page.wait_for_timeout(500)
+        frames = int(page.get_attribute("#ws-frame-img", "data-frame"))
+        fps = page.inner_text("#ws-fps")
+        status = page.inner_text("#ws-status")
+        print(f"browser: {frames} frames, readout {fps!r}, status {status!r}")
+        assert frames >= 8 and page.get_attribute("#ws-frame-img", "src") != first
+        assert re.fullmatch(r"\d+\.\d FPS", fps) and float(fps.split()[0]) > 0
+        assert "RIGHT" in status
+        shot = Path(os.environ.get("WORLDSIM_SCREENSHOT", tmp_path / "play.png"))
+        page.screenshot(path=str(shot))
+        print(f"screenshot: {shot}")
+        page.keyboard.press("p")  # pause: held keys no longer step the world
+        assert page.inner_text("#ws-paused") == "paused"
+        page.keyboard.down("ArrowLeft")
+        page.wait_for_timeout(800)
+        page.keyboard.up("ArrowLeft")
+        assert int(page.get_attribute("#ws-frame-img", "data-frame")) == frames
+        browser.close()
+    with pytest.raises(urllib.error.HTTPError):  # the server serves only its own files
+        urllib.request.urlopen(f"{url}/gradio_api/file=/etc/passwd", timeout=5)

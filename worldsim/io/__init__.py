@@ -1,0 +1,3 @@
+"""Writing files that readers can trust, shared by the data jobs, training, the commands and the
+app: `files` (temporary name then rename, checksums) and `media` (PNG grids, mp4 and GIF videos).
+"""

@@ -1,0 +1,53 @@
+"""Worlds that ship inside the package, ready to play without a download.
+
+`shipped_world()` is the folder of the default world (what `worldsim play` and `worldsim rollout`
+use when given no world), after checking every file against the sha256 pinned in its
+`SHA256SUMS`: a damaged or half-copied install fails with a message naming the file, instead of
+playing garbage. A world folder is the format of simulator/world_checkpoint.py; shipped worlds
+add `starts/` (start frames of held-out levels, described in `starts/starts.json`).
+
+The CoinRun world is the packed release of checkpoints/{tokenizer,dynamics,lam}_coinrun (where
+their training records live), steered by CoinRun's 15 true actions; it was trained on the
+single-theme `easy` distribution (README, "Evaluation").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worldsim.io.files import file_sha256
+
+WORLDS = Path(__file__).parent
+DEFAULT_WORLD = "coinrun"
+SUMS_FILE = "SHA256SUMS"
+
+
+def shipped_world(name: str = DEFAULT_WORLD) -> Path:
+    """The folder of shipped world `name`, its files checked against their pinned sha256."""
+    folder = WORLDS / name
+    sums = folder / SUMS_FILE
+    if not sums.is_file():
+        known = sorted(p.name for p in WORLDS.iterdir() if (p / SUMS_FILE).is_file())
+        raise FileNotFoundError(f"no shipped world {name!r}; shipped: {', '.join(known)}")
+    for line in sums.read_text().splitlines():
+        expected, relative = line.split(maxsplit=1)
+        path = folder / relative
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"the shipped world {name!r} is incomplete: {relative} is missing; reinstall "
+                "worldsim (pip install -e .)"
+            )
+        if file_sha256(path) != expected:
+            raise ValueError(
+                f"the shipped world {name!r} is damaged: {relative} does not match its pinned "
+                f"sha256 {expected[:12]}...; reinstall worldsim (pip install -e .)"
+            )
+    return folder
+
+
+def write_sums(folder: Path) -> Path:
+    """Pin every file of a world folder (run after replacing a shipped world's files)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SUMS_FILE)
+    lines = [f"{file_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in files]
+    (folder / SUMS_FILE).write_text("\n".join(lines) + "\n")
+    return folder / SUMS_FILE
