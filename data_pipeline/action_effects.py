@@ -28,11 +28,7 @@ class ActionEffects:
 
     def class_of(self) -> list[int]:
         """Action id -> index of its group."""
-        out = [0] * sum(len(g) for g in self.groups)
-        for k, group in enumerate(self.groups):
-            for a in group:
-                out[a] = k
-        return out
+        return group_of(self.groups, sum(len(g) for g in self.groups))
 
     def render(self) -> str:
         parts = [f"{name} {group}" for name, group in zip(self.names, self.groups, strict=True)]
@@ -43,6 +39,15 @@ class ActionEffects:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
+
+
+def group_of(groups: list[list[int]], n: int) -> list[int]:
+    """Action id (0..n-1) -> index of the group holding it; no groups: every id its own."""
+    out = list(range(n))
+    for k, group in enumerate(groups):
+        for a in group:
+            out[a] = k
+    return out
 
 
 def measure_action_effects(

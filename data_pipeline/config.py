@@ -36,6 +36,10 @@ class ShardConfig:
     max_steps: int = 500  # cap on one episode's length
     sticky_min: int = 1  # the random policy repeats each action a uniform number of steps
     sticky_max: int = 4  # in [sticky_min, sticky_max] (a held key must last to show motion)
+    # How often the policy draws each action id (any non-negative scale; None: uniform). YAML
+    # only. CoinRun's 15 ids act as 6 effects (`worldsim data effects`), 8 of them NOOP, so a
+    # uniform draw idles half the time; weights over one id per effect show every effect.
+    action_weights: list[float] | None = None
     distribution_mode: str = "easy"  # procgen difficulty
     frame_skip: int = 1  # env steps per recorded frame (Atari v5 already skips 4)
 
@@ -73,6 +77,11 @@ class ShardConfig:
             problems.append(
                 f"need 1 <= --sticky-min <= --sticky-max, got {self.sticky_min}, {self.sticky_max}"
             )
+        if self.action_weights is not None and (
+            min(self.action_weights, default=-1) < 0 or not sum(self.action_weights) > 0
+        ):
+            weights = self.action_weights
+            problems.append(f"action_weights must be >= 0 with a positive sum, got {weights}")
         if self.max_steps < self.frames:
             problems.append(f"--max-steps ({self.max_steps}) must be >= --frames ({self.frames})")
         if self.frame_skip < 1:

@@ -5,10 +5,11 @@ num_levels=1`; `atari:<Game>`: gymnasium's `ALE/<Game>-v5` reset with `seed`). L
 what keep the training and held-out splits disjoint, so every unit exposes its `level_seed` and
 `game` for the shard job to record and check.
 
-The default policy is random with sticky actions: each uniformly drawn action is held for a
-uniform number of steps in [sticky_min, sticky_max], which gives sustained motion rather than
-jitter. Its RNG is seeded from (seed, level seed), and both simulators are deterministic for a
-level, so an episode's frames and actions are identical in every run and process.
+The policy is random with sticky actions: each drawn action (uniformly, or by `action_weights`)
+is held for a uniform number of steps in [sticky_min, sticky_max], which gives sustained motion
+rather than jitter. Its RNG is seeded from (seed, level seed), and both simulators are
+deterministic for a level, so an episode's frames and actions are identical in every run and
+process.
 
 Alignment: `actions[t]` is the action applied (`frame_skip` times) after frame t, i.e. the one
 that leads to frame t+1. The last frame's action is the policy's next choice; it is not applied
@@ -152,10 +153,7 @@ class EpisodeUnit:
             "level_seed": self.level_seed,
             "fps": fps,
             "action_space": self.action_space().to_dict(),
-            "policy": (
-                f"random, sticky: each action held U[{cfg.sticky_min}, {cfg.sticky_max}] "
-                f"steps; frame_skip {cfg.frame_skip}"
-            ),
+            "policy": policy_description(cfg),
         }
         if self.family == "procgen":
             meta["license"] = PROCGEN_LICENSE
@@ -291,7 +289,8 @@ def record_episode(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Play one episode with the sticky random policy -> frames (T, size, size, 3) uint8 and
     actions (T,) int64, T <= cfg.max_steps."""
-    policy = sticky_actions(n_actions, cfg.sticky_min, cfg.sticky_max, policy_rng(cfg, level_seed))
+    rng = policy_rng(cfg, level_seed)
+    policy = sticky_actions(n_actions, cfg.sticky_min, cfg.sticky_max, rng, cfg.action_weights)
     frames = [fit_frame(game.reset(), cfg.size)]
     actions: list[int] = []
     ended = False
@@ -311,19 +310,42 @@ def policy_rng(cfg: ShardConfig, level_seed: int) -> np.random.Generator:
     return np.random.default_rng([cfg.seed % 2**64, level_seed])
 
 
+def policy_description(cfg: ShardConfig) -> str:
+    drawn = "uniformly" if cfg.action_weights is None else f"by weights {cfg.action_weights}"
+    return (
+        f"random, sticky: each action drawn {drawn} and held U[{cfg.sticky_min}, "
+        f"{cfg.sticky_max}] steps; frame_skip {cfg.frame_skip}"
+    )
+
+
 def sticky_segments(
-    n_actions: int, hold_min: int, hold_max: int, rng: np.random.Generator
+    n_actions: int,
+    hold_min: int,
+    hold_max: int,
+    rng: np.random.Generator,
+    weights: list[float] | None = None,
 ) -> Iterator[tuple[int, int]]:
-    """Endless (action, hold) pairs: action uniform in [0, n_actions), hold in [min, max]."""
+    """Endless (action, hold) pairs: action in [0, n_actions) (uniform, or drawn by `weights`,
+    one per action), hold uniform in [min, max]."""
+    p = None
+    if weights is not None:
+        if len(weights) != n_actions:
+            raise ValueError(f"action_weights has {len(weights)} entries; the game has {n_actions}")
+        p = np.asarray(weights, dtype=np.float64) / sum(weights)
     while True:
-        yield int(rng.integers(n_actions)), int(rng.integers(hold_min, hold_max + 1))
+        action = int(rng.integers(n_actions)) if p is None else int(rng.choice(n_actions, p=p))
+        yield action, int(rng.integers(hold_min, hold_max + 1))
 
 
 def sticky_actions(
-    n_actions: int, hold_min: int, hold_max: int, rng: np.random.Generator
+    n_actions: int,
+    hold_min: int,
+    hold_max: int,
+    rng: np.random.Generator,
+    weights: list[float] | None = None,
 ) -> Iterator[int]:
     """The per-step actions of sticky_segments: each action repeated for its hold."""
-    for action, hold in sticky_segments(n_actions, hold_min, hold_max, rng):
+    for action, hold in sticky_segments(n_actions, hold_min, hold_max, rng, weights):
         for _ in range(hold):
             yield action
 

@@ -32,6 +32,11 @@ class DynamicsConfig:
     action_sources: list[str] = field(default_factory=lambda: ["latent"])
     num_latent_actions: int = 8  # the LAM's codebook size (Genie uses 8)
     num_discrete_actions: int = 15  # procgen's full action set
+    # What the discrete actions stand for, when they are a game's effect classes rather than its
+    # ids (data_pipeline.action_effects): the game ids of each action, and its name. Set by the
+    # training task from `effects_game`; `worldsim pack` copies them into world.json.
+    action_groups: list[list[int]] = field(default_factory=list)
+    action_names: list[str] = field(default_factory=list)
     continuous_dim: int = 0  # width of continuous actions; required >= 1 with "continuous"
     # Per-clip mask rate r ~ U(mask_rate_min, mask_rate_max) (Genie: U(0.5, 1)).
     mask_rate_min: float = 0.5
@@ -95,6 +100,13 @@ class DynamicsConfig:
             out.append(f"num_latent_actions must be >= 1, got {self.num_latent_actions}")
         if "discrete" in self.action_sources and self.num_discrete_actions < 1:
             out.append(f"num_discrete_actions must be >= 1, got {self.num_discrete_actions}")
+        if self.action_groups and len(self.action_groups) != self.num_discrete_actions:
+            out.append(
+                f"action_groups has {len(self.action_groups)} groups for "
+                f"{self.num_discrete_actions} discrete actions"
+            )
+        if self.action_names and len(self.action_names) != self.num_discrete_actions:
+            out.append(f"action_names needs {self.num_discrete_actions} names")
         if "continuous" in self.action_sources and self.continuous_dim < 1:
             out.append(
                 f"continuous_dim must be >= 1 with continuous actions, got {self.continuous_dim}"

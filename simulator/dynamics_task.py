@@ -1,9 +1,9 @@
 """How the shared training driver trains the dynamics model: config, token data, loss, pictures.
 
 `dynamics_task("coinrun", ["train.steps=100"])` loads `configs/dynamics/coinrun.yaml` (over
-`base.yaml`) into `DynamicsTrainConfig` and returns a `DynamicsTask` for `worldsim.train`. Training
-reads token shards (`worldsim data tokenize`), never frames; the shards' tokenizer and LAM must
-match the model config, which is checked before the first step.
+`defaults.yaml`) into `DynamicsTrainConfig` and returns a `DynamicsTask` for `worldsim.train`.
+Training reads token shards (`worldsim data tokenize`), never frames; the shards' tokenizer and
+LAM must match the model config, which is checked before the first step.
 
 Pictures: training sees tokens only, so they show token maps (each code its own colour): the
 real clip, the model's one-step prediction of every frame from the real frames before it, and
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from einops import rearrange, repeat
 
+from data_pipeline.action_effects import group_of, measure_action_effects
 from data_pipeline.token_shards import TokenBatch, TokenIdentity, TokenLoader, TokenLoaderConfig
 from simulator.dynamics import ActionInputs, DynamicsModel, DynamicsOutput
 from simulator.dynamics_config import DynamicsConfig, dynamics_preset
@@ -40,16 +41,30 @@ class DynamicsTrainConfig:
     # Held-out token shards for evaluation and pictures ("" = none); read in stored order.
     eval_shards: str = ""
     eval_split: str = "test"
+    # Steer by the game's effect classes instead of its ids ("" = by its ids): the classes are
+    # measured by playing the game (data_pipeline.action_effects, a few seconds) and become the
+    # model's discrete actions; the shards' true ids are mapped to them.
+    effects_game: str = ""
+    effects_mode: str = "hard"  # its distribution_mode while measuring
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def model_config(self) -> DynamicsConfig:
         base = dataclasses.asdict(dynamics_preset(self.preset))
         deep_update(base, self.model)
+        if self.effects_game:
+            effects = measure_action_effects(self.effects_game, distribution_mode=self.effects_mode)
+            base.update(
+                num_discrete_actions=len(effects.groups),
+                action_groups=effects.groups,
+                action_names=effects.names,
+            )
         return DynamicsConfig.from_dict(base)
 
 
-def batch_actions(batch: TokenBatch, sources: list[str]) -> ActionInputs:
-    """The action inputs a model conditioned on `sources` needs, from a token batch."""
+def batch_actions(batch: TokenBatch, cfg: DynamicsConfig) -> ActionInputs:
+    """The action inputs a model needs from a token batch (true ids mapped to the model's
+    effect classes when it has them)."""
+    sources = cfg.action_sources
     true_sources = [s for s in sources if s in ("discrete", "continuous")]
     if true_sources and not bool(batch.action_mask.all()):
         known = batch.action_mask.tolist()
@@ -63,9 +78,17 @@ def batch_actions(batch: TokenBatch, sources: list[str]) -> ActionInputs:
             "the dynamics conditions on latent actions but the token shards hold none: "
             "tokenize them with a latent action model"
         )
+    discrete = None
+    if "discrete" in sources:
+        discrete = batch.actions
+        if cfg.action_groups:
+            n = sum(len(g) for g in cfg.action_groups)
+            discrete = torch.tensor(group_of(cfg.action_groups, n), device=discrete.device)[
+                discrete
+            ]
     return ActionInputs(
         latent=batch.latent_actions if "latent" in sources else None,
-        discrete=batch.actions if "discrete" in sources else None,
+        discrete=discrete,
         continuous=batch.actions if "continuous" in sources else None,
     )
 
@@ -116,16 +139,14 @@ class DynamicsTask:
         return loader
 
     def loss(self, model: torch.nn.Module, batch: TokenBatch) -> DynamicsOutput:
-        out: DynamicsOutput = model(
-            batch.tokens, batch_actions(batch, self.model_cfg.action_sources)
-        )
+        out: DynamicsOutput = model(batch.tokens, batch_actions(batch, self.model_cfg))
         return out
 
     def visualize(self, model: torch.nn.Module, batch: TokenBatch, path_prefix: Path) -> list[Path]:
         """Token maps, three rows per clip: real, one-step predicted, wrong tokens in white."""
         assert isinstance(model, DynamicsModel)
         n = min(PICTURE_CLIPS, batch.tokens.shape[0])
-        actions = batch_actions(batch, self.model_cfg.action_sources)
+        actions = batch_actions(batch, self.model_cfg)
         palette = token_palette(self.model_cfg.num_codes)
         rows = []
         with torch.no_grad():

@@ -28,11 +28,10 @@ from einops import rearrange, reduce
 from torch import Tensor, nn
 
 from simulator.lam_config import LAMConfig
-from tokenizer.config import TokenizerConfig
-from tokenizer.model import STEMS, check_frames, frame_psnr
+from tokenizer.model import check_frames, frame_psnr
 from tokenizer.quantizers import build_quantizer, code_statistics
+from worldsim.nn.frames import STEMS, st_transformer
 from worldsim.nn.pretrained import PretrainedModel
-from worldsim.nn.st_block import STTransformer
 
 # decoder_context -> einops patterns into and out of the decoder's (B', T', N, D) layout.
 # "all_frames" (Genie): causal attention over frames 0..t. "last_frame": every frame t is its own
@@ -52,31 +51,6 @@ class LAMOutput:
     recon: Tensor  # (B, T-1, C, H, W) predictions of frames 1..T-1, detached, not clamped
 
 
-def _stem_sizes(cfg: LAMConfig, conv_width: int) -> TokenizerConfig:
-    """The tokenizer's per-frame stems and heads (reused here) read their sizes from a
-    TokenizerConfig; this one carries the LAM's, with `conv_width` channels on the grid."""
-    return TokenizerConfig(
-        image_size=cfg.image_size,
-        channels=cfg.channels,
-        patch_size=cfg.patch_size,
-        stem=cfg.stem,
-        encoder_conv_width=conv_width,
-        decoder_conv_width=conv_width,
-        width=cfg.width,
-    )
-
-
-def _st_transformer(cfg: LAMConfig, depth: int) -> STTransformer:
-    return STTransformer(
-        cfg.width,
-        depth,
-        cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        qk_norm=cfg.qk_norm,
-        backend=cfg.attention,
-    )
-
-
 class LatentActionModel(PretrainedModel):
     """Pixel-input latent action model. `forward(frames)` is the training loss (so DDP wrappers
     work); `encode` / `decode` are the inference API."""
@@ -85,8 +59,6 @@ class LatentActionModel(PretrainedModel):
         super().__init__()
         cfg = cfg if isinstance(cfg, LAMConfig) else LAMConfig.from_dict(dict(cfg))
         cfg.validate()
-        if cfg.stem not in STEMS:
-            raise ValueError(f"unknown stem {cfg.stem!r}; choose one of {sorted(STEMS)}")
         if cfg.decoder_context not in DECODER_CONTEXTS:
             raise ValueError(
                 f"unknown decoder_context {cfg.decoder_context!r}; choose one of "
@@ -98,12 +70,12 @@ class LatentActionModel(PretrainedModel):
         self.cfg = cfg
         stem, head = STEMS[cfg.stem]
         n, d = cfg.grid**2, cfg.width
-        self.enc_stem = stem(_stem_sizes(cfg, cfg.encoder_conv_width))
+        self.enc_stem = stem(cfg, cfg.encoder_conv_width)
         # No temporal position table in the encoder: the causal mask already orders the frames,
         # and with one, h_{t+1} - h_t depended on t, so on a toy task early codes sorted
         # transitions by time index instead of by what moved.
         self.enc_pos_space = nn.Parameter(torch.zeros(1, 1, n, d))
-        self.encoder = _st_transformer(cfg, cfg.encoder_depth)
+        self.encoder = st_transformer(cfg, cfg.encoder_depth)
         # Reads the change of each patch, h_{t+1} - h_t, before pooling (LAPA quantises frame
         # differences too). Reading the pair [h_t, h_{t+1}] instead collapsed to one action on a
         # toy moving-square task: what both frames share dominates such features, so every
@@ -113,11 +85,11 @@ class LatentActionModel(PretrainedModel):
         self.quantizer = build_quantizer(cfg.quantizer)
         self.pre_quant = nn.Linear(d, self.quantizer.dim)
         self.action_embed = nn.Linear(self.quantizer.dim, d)
-        self.dec_stem = stem(_stem_sizes(cfg, cfg.decoder_conv_width))
+        self.dec_stem = stem(cfg, cfg.decoder_conv_width)
         self.dec_pos_space = nn.Parameter(torch.zeros(1, 1, n, d))
         self.dec_pos_time = nn.Parameter(torch.zeros(1, cfg.max_frames - 1, 1, d))
-        self.decoder = _st_transformer(cfg, cfg.decoder_depth)
-        self.head = head(_stem_sizes(cfg, cfg.decoder_conv_width))
+        self.decoder = st_transformer(cfg, cfg.decoder_depth)
+        self.head = head(cfg, cfg.decoder_conv_width)
         for pos in (self.enc_pos_space, self.dec_pos_space, self.dec_pos_time):
             nn.init.trunc_normal_(pos, std=0.02)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from tokenizer.config import QuantizerConfig
 from worldsim.config import build_preset, from_dict
+from worldsim.nn.frames import FrameGridConfig
 
 
 def _action_quantizer(codes: int = 8, dim: int = 32, dead_after: int = 25) -> QuantizerConfig:
@@ -32,25 +33,14 @@ def _action_quantizer(codes: int = 8, dim: int = 32, dead_after: int = 25) -> Qu
 
 
 @dataclass
-class LAMConfig:
-    image_size: int = 64  # frames are square image_size x image_size
-    channels: int = 3
-    # One token per patch_size^2 pixels: 64x64 -> 8x8 tokens. The LAM needs only the gist of a
-    # frame's change, so a coarser grid than the tokenizer's buys steps on CPU.
+class LAMConfig(FrameGridConfig):
+    """The frame grid, stems and ST blocks are `FrameGridConfig`'s (shared with the tokenizer);
+    the LAM's own defaults and fields follow."""
+
+    # 64x64 -> 8x8 tokens: the LAM needs only the gist of a frame's change, so a coarser grid
+    # than the tokenizer's buys steps on CPU.
     patch_size: int = 8
-    max_frames: int = 16  # longest clip (Genie's 16); the decoder has max_frames - 1 time positions
-    # "conv": per-frame conv stem / pixel-shuffle head (cheaper than patch attention on CPU);
-    # "patch": Genie's linear patch embedding. Shared with the tokenizer (tokenizer.model.STEMS).
-    stem: str = "conv"
-    encoder_conv_width: int = 64  # conv stem channels on the grid, halved per 2x step to pixels
-    decoder_conv_width: int = 64  # same for the decoder's own stem and its conv head
-    width: int = 128  # transformer width on the token grid
     encoder_depth: int = 2  # causal ST blocks before the action read-out
-    decoder_depth: int = 2  # ST blocks of the next-frame decoder
-    num_heads: int = 4
-    mlp_ratio: float = 2.0  # half the usual 4: the MLP dominates a block's cost at width 128
-    qk_norm: bool = True  # keeps attention logits bounded at lr 1e-3
-    attention: str = "auto"  # backend name, see worldsim.nn.attention.ATTENTION_BACKENDS
     # What the decoder sees besides the action (simulator.lam.DECODER_CONTEXTS). "last_frame":
     # only frame t when predicting frame t+1, a tighter bottleneck than Genie's "all_frames"
     # (the 2-frame decoder of AdaWorld, Gao et al. 2025): the decoder cannot extrapolate motion from
@@ -60,11 +50,6 @@ class LAMConfig:
     # capacity and the action's few bits go to what moved.
     predict_delta: bool = True
     quantizer: QuantizerConfig = field(default_factory=_action_quantizer)
-
-    @property
-    def grid(self) -> int:
-        """Tokens per side of a frame."""
-        return self.image_size // self.patch_size
 
     @property
     def num_actions(self) -> int:
@@ -77,27 +62,15 @@ class LAMConfig:
         return cfg
 
     def validate(self) -> None:
-        """Raise ValueError naming every inconsistent option. Unknown `stem`, `decoder_context`,
+        """Raise ValueError naming every inconsistent option. Unknown `decoder_context`,
         `attention` and `quantizer.type` names are reported by their registries at build time."""
-        problems = self.quantizer.problems()
-        positive = ("image_size", "channels", "patch_size", "width", "num_heads", "encoder_depth")
-        problems += [
-            f"{n} must be >= 1, got {getattr(self, n)}" for n in positive if getattr(self, n) < 1
-        ]
+        problems = self.quantizer.problems() + self.grid_problems()
         if self.max_frames < 2:
             problems.append(
                 f"max_frames must be >= 2 (actions sit between frames), got {self.max_frames}"
             )
-        if self.decoder_depth < 0:
-            problems.append(f"decoder_depth must be >= 0, got {self.decoder_depth}")
-        if self.patch_size >= 1 and self.image_size % self.patch_size:
-            problems.append(
-                f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}"
-            )
-        if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
-            problems.append(f"the conv stem needs a power-of-two patch_size, got {self.patch_size}")
-        if self.num_heads >= 1 and self.width % self.num_heads:
-            problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.encoder_depth < 1:
+            problems.append(f"encoder_depth must be >= 1, got {self.encoder_depth}")
         if problems:
             raise ValueError("bad latent action model config: " + "; ".join(problems))
 

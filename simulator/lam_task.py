@@ -1,7 +1,7 @@
 """How the shared training driver trains the latent action model: config, data, loss, pictures.
 
 `worldsim train lam --config coinrun [key=value ...]` loads `configs/lam/coinrun.yaml` (over
-`base.yaml`) into `LAMTrainConfig` and hands a `LAMTask` to `worldsim.train` (the CLI registers
+`defaults.yaml`) into `LAMTrainConfig` and hands a `LAMTask` to `worldsim.train` (the CLI registers
 `lam_task`). The LAM trains on frame shards, like the tokenizer.
 """
 

@@ -189,15 +189,15 @@ def prompt_and_actions(
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """The prompt frames (T, H, W, 3) a world starts from, the actions between them (or None for
     the LAM to infer), and a note on what was kept: a clip keeps its last frames that fit the
-    window when their actions are known (a shard sample's true actions) or inferable (a latent
-    world's LAM); otherwise its last frame alone starts the world."""
+    window when their actions are known (a shard sample's true actions, as the world's actions)
+    or inferable (a latent world's LAM); otherwise its last frame alone starts the world."""
     frames, t = loaded.frames, len(loaded.frames)
     keep = min(t, sim.max_prompt_frames)
     space = sim.action_space
     if keep > 1 and space.type == "latent" and sim.lam is not None:
         return frames[t - keep :], None, f"last {keep} frames, latent actions from the LAM"
     if keep > 1 and space.type == "discrete" and loaded.actions is not None:
-        between = loaded.actions[t - keep : t - 1]  # action i follows frame i
+        between = space.from_game(loaded.actions[t - keep : t - 1])  # action i follows frame i
         if between.size and between.min() >= 0 and between.max() < space.n:
             return frames[t - keep :], between[None], f"last {keep} frames with their actions"
     note = "its last frame" if t > 1 else "one frame"

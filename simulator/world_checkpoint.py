@@ -24,7 +24,13 @@ from typing import Any
 from simulator.dynamics import DynamicsModel
 from simulator.lam import LatentActionModel
 from simulator.sampling_config import SamplingConfig
-from simulator.world_spec import WORLD_FILE, WorldActionSpace, WorldSpec, read_world_spec
+from simulator.world_spec import (
+    WORLD_FILE,
+    WorldActionSpace,
+    WorldSpec,
+    discrete_space,
+    read_world_spec,
+)
 from tokenizer.model import VideoTokenizer
 from worldsim.io.files import replace_dir
 
@@ -93,11 +99,12 @@ def pack_world(
     dynamics = DynamicsModel.from_pretrained(dynamics_path)
     lam = None if lam_path is None else LatentActionModel.from_pretrained(lam_path)
     spec = WorldSpec.default_for(dynamics)
-    if steer is not None:
-        cfg = dynamics.cfg
-        n = cfg.num_latent_actions if steer == "latent" else cfg.num_discrete_actions
-        spec.action_space = WorldActionSpace(steer, n)
-    spec.action_space.names = list(action_names or [])
+    if steer == "latent":
+        spec.action_space = WorldActionSpace("latent", dynamics.cfg.num_latent_actions)
+    elif steer == "discrete":
+        spec.action_space = discrete_space(dynamics)
+    if action_names:
+        spec.action_space.names = list(action_names)
     if steps is not None:
         spec.sampling = SamplingConfig(steps=steps)
     return save_world(out, tokenizer, dynamics, lam, spec), spec

@@ -9,8 +9,11 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from data_pipeline.action_effects import group_of
 from simulator.sampling_config import SamplingConfig
 from worldsim.config import from_dict
 
@@ -28,6 +31,9 @@ class WorldActionSpace:
     type: str  # "latent" (LAM codes) or "discrete" (the game's true action ids)
     n: int  # number of actions; ids are 0..n-1
     names: list[str] = field(default_factory=list)  # optional label per action id
+    # For a world steered by a game's effect classes: game action id -> this world's action
+    # (e.g. CoinRun's 15 ids -> 6 effects). Empty: the world's ids are the game's.
+    game_actions: list[int] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         out = []
@@ -39,7 +45,17 @@ class WorldActionSpace:
             out.append(f"action space n must be >= 1, got {self.n}")
         if self.names and len(self.names) != self.n:
             out.append(f"action space has {self.n} actions but {len(self.names)} names")
+        if any(not 0 <= a < self.n for a in self.game_actions):
+            out.append(f"game_actions must map into 0..{self.n - 1}, got {self.game_actions}")
         return out
+
+    def from_game(self, ids: Any) -> Any:
+        """A game's action ids (array or tensor, any shape) -> this world's actions."""
+        if not self.game_actions:
+            return ids
+        if hasattr(ids, "new_tensor"):  # a torch tensor, without importing torch here
+            return ids.new_tensor(self.game_actions)[ids]
+        return np.asarray(self.game_actions)[np.asarray(ids)]
 
     def describe(self) -> str:
         kind = "latent actions" if self.type == "latent" else "discrete actions"
@@ -59,7 +75,7 @@ class WorldSpec:
         """Steer what the dynamics is conditioned on: its latent actions, else true discrete."""
         cfg = dynamics.cfg
         if cfg.action_sources == ["discrete"]:
-            return cls(WorldActionSpace("discrete", cfg.num_discrete_actions))
+            return cls(discrete_space(dynamics))
         return cls(WorldActionSpace("latent", cfg.num_latent_actions))
 
     @classmethod
@@ -109,6 +125,16 @@ class WorldSpec:
             problems.append(f"hop must lie in 1..{cfg.max_frames - 1}, got {self.hop}")
         if problems:
             raise ValueError("world checkpoint does not fit: " + "; ".join(problems))
+
+
+def discrete_space(dynamics: DynamicsModel) -> WorldActionSpace:
+    """The discrete actions a dynamics model was trained on, with their names and, for effect
+    classes, the game ids each stands for."""
+    cfg = dynamics.cfg
+    n = sum(len(g) for g in cfg.action_groups)
+    game_actions = group_of(cfg.action_groups, n) if cfg.action_groups else []
+    names = list(cfg.action_names)
+    return WorldActionSpace("discrete", cfg.num_discrete_actions, names, game_actions)
 
 
 def read_world_spec(path: str | os.PathLike[str]) -> WorldSpec:

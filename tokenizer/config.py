@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worldsim.config import build_preset, from_dict
+from worldsim.nn.frames import FrameGridConfig
 
 VQ_UPDATES = ("ema", "grad")
 
@@ -57,33 +58,15 @@ class QuantizerConfig:
 
 
 @dataclass
-class TokenizerConfig:
-    image_size: int = 64  # frames are square image_size x image_size
-    channels: int = 3
-    patch_size: int = 4  # one token per patch_size^2 pixels: 64x64 -> 16x16 tokens
-    max_frames: int = 16  # length of the learned temporal position table (Genie's clip length)
-    # "conv": per-frame conv stem / pixel-shuffle head, which carry pixels far more cheaply than
-    # attention on CPU (see the trials below); "patch": Genie's linear patch embedding.
-    stem: str = "conv"
-    # Defaults = the `coinrun` preset. In equal-CPU-time trials on CoinRun 64x64 (2 cores, FSQ),
-    # a conv stem + 1 encoder / 2 decoder ST blocks with MLP ratio 2 beat 2 / 4 blocks with
-    # ratio 4 on held-out PSNR (28.6 vs 25.7 dB after 15 min): each ST block on the 16x16 grid
-    # costs about what the whole conv stem does, and on a CPU more steps beat more attention.
-    encoder_conv_width: int = 64  # conv stem channels on the grid, halved per 2x step to pixels
-    decoder_conv_width: int = 64  # same for the conv head
-    width: int = 128  # transformer width on the token grid
-    encoder_depth: int = 1  # ST blocks before the quantizer
-    decoder_depth: int = 2  # ST blocks after it: the decoder gets more (ViTok)
-    num_heads: int = 4
-    mlp_ratio: float = 2.0  # half the usual 4: the MLP dominates a block's cost at width 128
-    qk_norm: bool = True  # Genie uses QK-norm; it keeps attention logits bounded at lr 1e-3
-    attention: str = "auto"  # backend name, see worldsim.nn.attention.ATTENTION_BACKENDS
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+class TokenizerConfig(FrameGridConfig):
+    """The frame grid, stems and ST blocks are `FrameGridConfig`'s (shared with the LAM); its
+    defaults are the `coinrun` preset. In equal-CPU-time trials on CoinRun 64x64 (2 cores, FSQ),
+    a conv stem + 1 encoder / 2 decoder ST blocks with MLP ratio 2 beat 2 / 4 blocks with ratio
+    4 on held-out PSNR (28.6 vs 25.7 dB after 15 min): each ST block on the 16x16 grid costs
+    about what the whole conv stem does, and on a CPU more steps beat more attention. The
+    decoder gets more blocks than the encoder (ViTok)."""
 
-    @property
-    def grid(self) -> int:
-        """Tokens per side of a frame."""
-        return self.image_size // self.patch_size
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     @property
     def bits_per_frame(self) -> float:
@@ -96,23 +79,9 @@ class TokenizerConfig:
         return cfg
 
     def validate(self) -> None:
-        """Raise ValueError naming every inconsistent option. Unknown `stem`, `attention` and
+        """Raise ValueError naming every inconsistent option. Unknown `attention` and
         `quantizer.type` names are reported by their registries when the model is built."""
-        problems = self.quantizer.problems()
-        positive = ("image_size", "channels", "patch_size", "max_frames", "width", "num_heads")
-        problems += [
-            f"{n} must be >= 1, got {getattr(self, n)}" for n in positive if getattr(self, n) < 1
-        ]
-        if self.image_size % self.patch_size:
-            problems.append(
-                f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}"
-            )
-        if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
-            problems.append(f"the conv stem needs a power-of-two patch_size, got {self.patch_size}")
-        if self.width % self.num_heads:
-            problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        if self.encoder_depth < 0 or self.decoder_depth < 0:
-            problems.append("encoder_depth and decoder_depth must be >= 0")
+        problems = self.quantizer.problems() + self.grid_problems()
         if problems:
             raise ValueError("bad tokenizer config: " + "; ".join(problems))
 

@@ -18,7 +18,6 @@ Hansen-Estruch et al. 2025, "Learnings from Scaling Visual Tokenizers" (ViTok: d
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,9 +29,9 @@ from torch import Tensor, nn
 
 from tokenizer.config import TokenizerConfig
 from tokenizer.quantizers import build_quantizer
+from worldsim.nn.frames import STEMS, st_transformer
 from worldsim.nn.kv_cache import KVCache, activation_dtype, check_hop, frames_to_drop
 from worldsim.nn.pretrained import PretrainedModel
-from worldsim.nn.st_block import STTransformer
 
 RANGE_TOLERANCE = 1e-3  # frames may overshoot [-1, 1] by float rounding of uint8 / 127.5 - 1
 
@@ -58,112 +57,6 @@ def frame_psnr(pred_BTCHW: Tensor, target_BTCHW: Tensor) -> Tensor:
     """Mean over frames of the PSNR (dB) of each frame, images in [-1, 1] (peak-to-peak 2)."""
     err = (pred_BTCHW.float().clamp(-1, 1) - target_BTCHW.float()).pow(2).mean(dim=(2, 3, 4))
     return (10 * torch.log10(4 / err.clamp_min(1e-10))).mean()
-
-
-class ResBlock(nn.Module):
-    """Pre-activation 3x3 residual block on one frame (B, C, H, W); no norm layer, which would
-    cost more than the convs at these widths on CPU."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.SiLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.net(x)
-
-
-class ConvStem(nn.Module):
-    """frames (B, T, C, H, W) -> tokens (B, T, h*w, width) by log2(patch) stride-2 convs, each
-    followed by a residual block; channels end at `encoder_conv_width` on the grid."""
-
-    def __init__(self, cfg: TokenizerConfig) -> None:
-        super().__init__()
-        stages = int(math.log2(cfg.patch_size))
-        layers: list[nn.Module] = []
-        ch_in = cfg.channels
-        for i in range(stages):
-            ch = cfg.encoder_conv_width >> (stages - 1 - i)
-            layers += [nn.Conv2d(ch_in, ch, 4, stride=2, padding=1), ResBlock(ch)]
-            ch_in = ch
-        layers += [nn.SiLU(), nn.Conv2d(ch_in, cfg.width, 1)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, frames_BTCHW: Tensor) -> Tensor:
-        x = self.net(rearrange(frames_BTCHW, "b t c h w -> (b t) c h w"))
-        return rearrange(x, "(b t) d h w -> b t (h w) d", b=frames_BTCHW.shape[0])
-
-
-class ConvHead(nn.Module):
-    """tokens (B, T, h*w, width) -> frames (B, T, C, H, W): a residual block and a 2x
-    pixel-shuffle upsampling per stage, halving channels from `decoder_conv_width`."""
-
-    def __init__(self, cfg: TokenizerConfig) -> None:
-        super().__init__()
-        self.grid = cfg.grid
-        ch = cfg.decoder_conv_width
-        layers: list[nn.Module] = [nn.Conv2d(cfg.width, ch, 1)]
-        for _ in range(int(math.log2(cfg.patch_size))):
-            layers += [ResBlock(ch), nn.Conv2d(ch, 2 * ch, 3, padding=1), nn.PixelShuffle(2)]
-            ch //= 2
-        layers += [ResBlock(ch), nn.SiLU(), nn.Conv2d(ch, cfg.channels, 3, padding=1)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x_BTND: Tensor) -> Tensor:
-        x = rearrange(x_BTND, "b t (h w) d -> (b t) d h w", h=self.grid)
-        return rearrange(self.net(x), "(b t) c h w -> b t c h w", b=x_BTND.shape[0])
-
-
-class PatchStem(nn.Module):
-    """Genie's linear patch embedding: each p x p x C patch -> one width-d token."""
-
-    def __init__(self, cfg: TokenizerConfig) -> None:
-        super().__init__()
-        self.patch = cfg.patch_size
-        self.proj = nn.Linear(cfg.patch_size**2 * cfg.channels, cfg.width)
-
-    def forward(self, frames_BTCHW: Tensor) -> Tensor:
-        p = self.patch
-        patches = rearrange(frames_BTCHW, "b t c (h p1) (w p2) -> b t (h w) (p1 p2 c)", p1=p, p2=p)
-        return self.proj(patches)
-
-
-class PatchHead(nn.Module):
-    def __init__(self, cfg: TokenizerConfig) -> None:
-        super().__init__()
-        self.patch, self.grid = cfg.patch_size, cfg.grid
-        self.proj = nn.Linear(cfg.width, cfg.patch_size**2 * cfg.channels)
-
-    def forward(self, x_BTND: Tensor) -> Tensor:
-        p = self.patch
-        return rearrange(
-            self.proj(x_BTND),
-            "b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)",
-            h=self.grid,
-            p1=p,
-            p2=p,
-        )
-
-
-STEMS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
-    "conv": (ConvStem, ConvHead),
-    "patch": (PatchStem, PatchHead),
-}
-
-
-def _st_transformer(cfg: TokenizerConfig, depth: int) -> STTransformer:
-    return STTransformer(
-        cfg.width,
-        depth,
-        cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        qk_norm=cfg.qk_norm,
-        backend=cfg.attention,
-    )
 
 
 def check_frames(
@@ -206,28 +99,26 @@ class VideoTokenizer(PretrainedModel):
         super().__init__()
         cfg = cfg if isinstance(cfg, TokenizerConfig) else TokenizerConfig.from_dict(dict(cfg))
         cfg.validate()
-        if cfg.stem not in STEMS:
-            raise ValueError(f"unknown stem {cfg.stem!r}; choose one of {sorted(STEMS)}")
         # What @register_to_config would do, after turning the dataclass into JSON-able data:
         # config.json then holds {"cfg": {...}} and from_pretrained calls cls(cfg=dict).
         self.register_to_config(cfg=asdict(cfg))
         self.cfg = cfg
         stem, head = STEMS[cfg.stem]
         n, d = cfg.grid**2, cfg.width
-        self.stem = stem(cfg)
+        self.stem = stem(cfg, cfg.encoder_conv_width)
         self.enc_pos_space = nn.Parameter(torch.zeros(1, 1, n, d))
         # No temporal position table in the encoder: the causal mask already orders the frames,
         # and with one the same static patch got a different code in every frame (0.8% of
         # CoinRun tokens equal their predecessor, 41% without it, for 0.13 dB less PSNR), which
         # leaves the dynamics model no copyable context. The decoder keeps its table.
-        self.encoder = _st_transformer(cfg, cfg.encoder_depth)
+        self.encoder = st_transformer(cfg, cfg.encoder_depth)
         self.quantizer = build_quantizer(cfg.quantizer)
         self.pre_quant = nn.Linear(d, self.quantizer.dim)
         self.post_quant = nn.Linear(self.quantizer.dim, d)
         self.dec_pos_space = nn.Parameter(torch.zeros(1, 1, n, d))
         self.dec_pos_time = nn.Parameter(torch.zeros(1, cfg.max_frames, 1, d))
-        self.decoder = _st_transformer(cfg, cfg.decoder_depth)
-        self.head = head(cfg)
+        self.decoder = st_transformer(cfg, cfg.decoder_depth)
+        self.head = head(cfg, cfg.decoder_conv_width)
         for pos in (self.enc_pos_space, self.dec_pos_space, self.dec_pos_time):
             nn.init.trunc_normal_(pos, std=0.02)
 

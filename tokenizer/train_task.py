@@ -1,7 +1,7 @@
 """How the shared training driver trains the tokenizer: config, data, loss and pictures.
 
 `worldsim train tokenizer --config coinrun [key=value ...]` loads `configs/tokenizer/coinrun.yaml`
-(over `base.yaml`) into `TokenizerTrainConfig` and hands a `TokenizerTask` to `worldsim.train`.
+(over `defaults.yaml`) into `TokenizerTrainConfig` and hands a `TokenizerTask` to `worldsim.train`.
 """
 
 from __future__ import annotations

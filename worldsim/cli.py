@@ -34,13 +34,15 @@ from worldsim.config import (
     preset_path,
 )
 
+SHARD_YAML_ONLY = {"sources", "action_weights"}  # not flags: positional, or a list (YAML)
+
 
 def _data_shard(args: argparse.Namespace) -> int:
     from data_pipeline.config import ShardConfig
     from data_pipeline.shard_job import run_shard_job
 
     data = load_yaml_layers(preset_path("data", args.config)) if args.config else {}
-    data.update(flags_to_dict(args, ShardConfig, skip={"sources"}))
+    data.update(flags_to_dict(args, ShardConfig, skip=SHARD_YAML_ONLY))
     data["sources"] = args.sources
     cfg = from_dict(ShardConfig, data, where="data shard")
     summary = run_shard_job(cfg)
@@ -250,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shard.add_argument("sources", nargs="+", metavar="SOURCE")
     shard.add_argument("--config", default=None, help="preset in configs/data/ or a YAML path")
-    add_dataclass_flags(shard, ShardConfig, skip={"sources"})
+    add_dataclass_flags(shard, ShardConfig, skip=SHARD_YAML_ONLY)
     shard.set_defaults(func=_data_shard)
 
     info = data_cmds.add_parser("info", help="summarise a shard folder and draw a contact sheet")

@@ -1,9 +1,11 @@
-"""Config loading shared by every command: YAML base, then a named overlay, then CLI overrides.
+"""Config loading shared by every command: YAML defaults, then a named recipe, then overrides.
 
-YAML in `configs/` is data only. A preset name such as `coinrun` resolves to
-`configs/<group>/coinrun.yaml`, laid over `configs/<group>/base.yaml` when that exists;
-`key=value` overrides (dotted keys for nested dataclasses) come last. Unknown keys are errors that
-name the key, so a typo never silently trains the wrong model.
+YAML in `configs/` is data only. A recipe name such as `coinrun` resolves to
+`configs/<group>/coinrun.yaml`, laid over `configs/<group>/defaults.yaml` (the shared layer, not
+a recipe) when that exists; `key=value` overrides (dotted keys for nested dataclasses) come last.
+Unknown keys are errors that name the key, so a typo never silently trains the wrong model.
+Names mean one thing: a recipe named like a model preset (`tiny`, `coinrun`, `base`, `large`)
+trains that preset (tests/worldsim/test_config.py checks every group).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+DEFAULTS = "defaults"  # the shared layer of each config group
 
 
 def preset_path(group: str, name_or_path: str) -> Path:
@@ -30,8 +33,8 @@ def preset_path(group: str, name_or_path: str) -> Path:
             raise FileNotFoundError(f"config file not found: {p}")
         return p
     packaged = Path(str(resources.files("configs") / group / f"{name_or_path}.yaml"))
-    if not packaged.is_file():
-        available = sorted(q.stem for q in packaged.parent.glob("*.yaml") if q.stem != "base")
+    if not packaged.is_file() or name_or_path == DEFAULTS:
+        available = sorted(q.stem for q in packaged.parent.glob("*.yaml") if q.stem != DEFAULTS)
         raise FileNotFoundError(
             f"no {group} preset named {name_or_path!r}; available: {', '.join(available) or 'none'}"
         )
@@ -39,9 +42,9 @@ def preset_path(group: str, name_or_path: str) -> Path:
 
 
 def load_yaml_layers(path: Path) -> dict[str, Any]:
-    """base.yaml beside `path` (if any), with `path` laid over it."""
+    """defaults.yaml beside `path` (if any), with `path` laid over it."""
     merged: dict[str, Any] = {}
-    base = path.parent / "base.yaml"
+    base = path.parent / f"{DEFAULTS}.yaml"
     for layer in ([base] if base.is_file() and base != path else []) + [path]:
         data = yaml.safe_load(layer.read_text()) or {}
         if not isinstance(data, dict):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from data_pipeline.action_effects import group_of
 from worldsim.config import build_preset, from_dict
 from worldsim.nn.pretrained import PretrainedModel
 
@@ -106,10 +107,7 @@ class InverseDynamicsModel(PretrainedModel):
             nn.GELU(),
             nn.Linear(cfg.hidden, cfg.num_classes),
         )
-        classes = list(range(cfg.num_actions))
-        for k, group in enumerate(cfg.action_groups):
-            for a in group:
-                classes[a] = k
+        classes = group_of(cfg.action_groups, cfg.num_actions)
         self.class_of: Tensor
         self.register_buffer("class_of", torch.tensor(classes), persistent=False)
 

@@ -1,7 +1,7 @@
 """How the shared training driver trains the inverse-dynamics model (IDM).
 
 `worldsim train idm --config coinrun [key=value ...]` loads `configs/idm/coinrun.yaml` (over
-`base.yaml`) into `IDMTrainConfig`. With `effects_game` set (e.g. "procgen:coinrun"), the game's
+`defaults.yaml`) into `IDMTrainConfig`. With `effects_game` set (e.g. "procgen:coinrun"), the game's
 effect classes are measured by playing it before training (a few seconds) and saved in the
 model's config, so the groups come from the game, never from a hand-typed table.
 """

@@ -227,7 +227,7 @@ def _score_batch(
     meters.add_curves(COPY, decode(tokens[:, :1].expand(-1, h, -1, -1).contiguous()), real)
     seed = cfg.seed * 1_000_003 + index
     videos = {}
-    for name, actions in streams.items():
+    for name, actions in _world_actions(engines, streams).items():
         videos[name] = engines[STREAMS[name]].rollout(frames[:, :1], actions, seed=seed)
         meters.add_curves(name, videos[name][:, 1:], real)
     if not meters.samples:
@@ -238,7 +238,8 @@ def _score_batch(
             delta = delta_t_psnr(frames, videos[steered], videos[random], cfg.delta_t)
             meters.delta[kind].add(torch.full((frames.shape[0], 1), delta))
     primary = TRUE if TRUE in streams else LAM
-    _teacher_forced(engines[STREAMS[primary]], frames, tokens, streams[primary], seed, meters)
+    primary_actions = _world_actions(engines, streams)[primary]
+    _teacher_forced(engines[STREAMS[primary]], frames, tokens, primary_actions, seed, meters)
     if meters.control is not None and TRUE in videos:
         meters.control.add(GENERATED, videos[TRUE], streams[TRUE])
         meters.control.add(REAL, frames, streams[TRUE])
@@ -247,6 +248,17 @@ def _score_batch(
         for name, video in (("real", frames), ("fake", videos[primary])):
             clips = to_uint8_clips(video[:left])
             meters.fvd[name].append(i3d_features(iter(clips), meters.i3d, 8, desc=f"I3D {name}"))
+
+
+def _world_actions(
+    engines: dict[str, WorldSimulator], streams: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """The streams as the engines take them: a clip's true game ids become the world's actions
+    (its effect classes, for a world steered by them); the IDM keeps reading the game ids."""
+    out = dict(streams)
+    if TRUE in out:
+        out[TRUE] = engines[STREAMS[TRUE]].action_space.from_game(out[TRUE])
+    return out
 
 
 def _teacher_forced(

@@ -17,10 +17,17 @@ import torch.nn.functional as F
 import webdataset as wds
 from accelerate.state import AcceleratorState
 
+import simulator.dynamics_task as dynamics_task_module
+from data_pipeline.action_effects import ActionEffects
 from data_pipeline.token_shards import TokenClip, encode_token_sample
 from simulator.dynamics import ActionInputs, DynamicsModel
 from simulator.dynamics_config import DynamicsConfig, dynamics_preset
-from simulator.dynamics_task import DynamicsTrainConfig, dynamics_task, one_step_predictions
+from simulator.dynamics_task import (
+    DynamicsTrainConfig,
+    batch_actions,
+    dynamics_task,
+    one_step_predictions,
+)
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
 from worldsim.train import train
@@ -331,3 +338,20 @@ def test_source_dropout_lets_a_source_be_left_out() -> None:
     )
     with pytest.raises(ValueError, match="source_dropout must be in"):
         tiny_config(source_dropout=1.0)
+
+
+def test_effect_classes_become_the_discrete_actions(monkeypatch, tmp_path: Path) -> None:
+    """With `effects_game`, the model's discrete actions are the measured effect classes and
+    the shards' game ids reach it mapped to them."""
+    effects = ActionEffects("procgen:coinrun", [[0, 3], [1, 2]], ["NOOP", "LEFT"], 1, 1)
+    monkeypatch.setattr(dynamics_task_module, "measure_action_effects", lambda *a, **k: effects)
+    cfg = DynamicsTrainConfig(preset="tiny", effects_game="procgen:coinrun",
+                              model={"action_sources": ["discrete"]})  # fmt: skip
+    model_cfg = cfg.model_config()
+    assert model_cfg.num_discrete_actions == 2 and model_cfg.action_names == ["NOOP", "LEFT"]
+    batch = SimpleNamespace(
+        actions=torch.tensor([[0, 1, 2, 3]]), action_mask=torch.tensor([True]), keys=["k"]
+    )
+    assert batch_actions(batch, model_cfg).discrete.tolist() == [[0, 1, 1, 0]]
+    with pytest.raises(ValueError, match="action_groups has 2 groups for 3 discrete actions"):
+        dynamics_preset("tiny", num_discrete_actions=3, action_groups=[[0], [1]])

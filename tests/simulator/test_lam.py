@@ -213,7 +213,7 @@ def test_action_sheet_shows_every_action_from_each_start() -> None:
 
 
 def test_task_config_and_presets_load() -> None:
-    for preset in ("tiny", "coinrun", "base_gpu", "large"):
+    for preset in ("tiny", "coinrun", "base", "large"):
         task, train_cfg = lam_task(preset, [])
         assert isinstance(task, LAMTask) and train_cfg.out_dir.startswith("runs/lam")
     assert preset_path("lam", "coinrun").parent.name == "lam"

@@ -18,9 +18,10 @@ from PIL import Image
 from simulator.dynamics import DynamicsModel
 from simulator.dynamics_config import dynamics_preset
 from simulator.engine import EngineConfig, WorldSimulator
+from simulator.prompt import LoadedPrompt, prompt_and_actions
 from simulator.rollout import rollout
 from simulator.sampling_config import SamplingConfig
-from simulator.world_checkpoint import load_world, save_world
+from simulator.world_checkpoint import load_world, pack_world, save_world
 from simulator.world_spec import WorldActionSpace, WorldSpec, parse_actions
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
@@ -63,7 +64,7 @@ def test_save_replaces_a_world_atomically_but_nothing_else(world: str, tmp_path)
     save_world(target, tokenizer, dynamics)
     save_world(target, tokenizer, dynamics)
     spec = json.loads((target / "world.json").read_text())
-    assert spec["action_space"] == {"type": "latent", "n": 4, "names": []}
+    assert spec["action_space"] == {"type": "latent", "n": 4, "names": [], "game_actions": []}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # no temporary folders left
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "keep.txt").write_text("x")
@@ -226,3 +227,28 @@ def test_pack_command_bundles_parts_the_rollout_command_plays(tmp_path, capsys) 
     assert "UserWarning" not in err and len(err.strip().splitlines()) == 1
     assert main([*args, "--out", str(world), "--steer", "latent"]) == 2  # named refusal
     assert "steers 'latent' actions" in capsys.readouterr().err
+
+
+def test_a_world_steered_by_effect_classes_maps_the_games_ids(tmp_path) -> None:
+    """A dynamics trained on effect classes (3 classes of 5 game ids) packs into a world whose
+    keys are the classes, and a shard clip's game ids start it as classes."""
+    groups, names = [[0, 3], [1], [2, 4]], ["NOOP", "LEFT", "RIGHT"]
+    tokenizer, dynamics = models(
+        action_sources=["discrete"], num_discrete_actions=3, action_groups=groups,
+        action_names=names,
+    )  # fmt: skip
+    tokenizer.save_pretrained(tmp_path / "tok")
+    dynamics.save_pretrained(tmp_path / "dyn")
+    path, spec = pack_world(str(tmp_path / "tok"), str(tmp_path / "dyn"), str(tmp_path / "w"))
+    space = load_world(path).spec.action_space
+    assert space == spec.action_space and space.names == names
+    assert space.game_actions == [0, 1, 2, 0, 2]
+    assert space.from_game(np.array([3, 4, 1])).tolist() == [0, 2, 1]
+    assert space.from_game(torch.tensor([[4, 0]])).tolist() == [[2, 0]]
+    assert WorldActionSpace("discrete", 2, game_actions=[0, 2]).problems() == [
+        "game_actions must map into 0..1, got [0, 2]"
+    ]
+    sim = WorldSimulator.from_pretrained(path)
+    loaded = LoadedPrompt(np.zeros((3, 16, 16, 3), np.uint8), np.array([3, 4, 1]))
+    _, between, note = prompt_and_actions(loaded, sim)
+    assert between.tolist() == [[0, 2]] and note == "last 3 frames with their actions"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import configs
 from worldsim.config import (
     add_dataclass_flags,
     flags_to_dict,
@@ -30,6 +31,9 @@ class Outer:
     lr: float = 1e-3
     name: str | None = None
     inner: Inner = field(default_factory=Inner)
+
+
+CONFIGS = Path(configs.__file__).parent
 
 
 def test_overrides_parse_yaml_scalars_and_nest() -> None:
@@ -59,7 +63,7 @@ def test_from_dict_rejects_unknown_keys_naming_them() -> None:
 def test_base_then_preset_then_overrides(tmp_path: Path) -> None:
     group = tmp_path / "model"
     group.mkdir()
-    (group / "base.yaml").write_text("lr: 0.1\ninner:\n  width: 16\n  kind: vq\n")
+    (group / "defaults.yaml").write_text("lr: 0.1\ninner:\n  width: 16\n  kind: vq\n")
     (group / "small.yaml").write_text("inner:\n  width: 4\n")
     assert load_yaml_layers(group / "small.yaml") == {
         "lr": 0.1,
@@ -73,6 +77,28 @@ def test_packaged_preset_resolves_and_unknown_lists_available() -> None:
     assert preset_path("data", "coinrun").name == "coinrun.yaml"
     with pytest.raises(FileNotFoundError, match="coinrun"):
         preset_path("data", "no_such_preset")
+    with pytest.raises(FileNotFoundError, match="no tokenizer preset named 'defaults'"):
+        preset_path("tokenizer", "defaults")  # the shared layer is not a recipe
+
+
+def test_a_recipe_named_like_a_model_preset_trains_that_preset() -> None:
+    """`--config base` trains the `base` model, in every group: names mean one thing."""
+    from simulator.dynamics_config import PRESETS as DYNAMICS
+    from simulator.evaluation.idm import PRESETS as IDM
+    from simulator.lam_config import PRESETS as LAM
+    from tokenizer.config import PRESETS as TOKENIZER
+
+    groups = {"tokenizer": TOKENIZER, "lam": LAM, "dynamics": DYNAMICS, "idm": IDM}
+    checked = 0
+    for group, presets in groups.items():
+        for name in presets:
+            path = (
+                preset_path(group, name) if (CONFIGS / group / f"{name}.yaml").is_file() else None
+            )
+            if path is not None:
+                assert load_yaml_layers(path)["preset"] == name, (group, name)
+                checked += 1
+    assert checked >= 10
 
 
 def test_preset_name_wins_over_a_same_named_folder(tmp_path: Path, monkeypatch) -> None:
