@@ -25,7 +25,7 @@ from data_pipeline.action_effects import group_of, measure_action_effects
 from data_pipeline.token_shards import TokenBatch, TokenIdentity, TokenLoader, TokenLoaderConfig
 from simulator.dynamics import ActionInputs, DynamicsModel, DynamicsOutput
 from simulator.dynamics_config import DynamicsConfig, dynamics_preset
-from worldsim.config import deep_update, load_config
+from worldsim.config import load_config, preset_fields
 from worldsim.io.media import write_grid_png
 from worldsim.train import TrainConfig
 
@@ -49,8 +49,7 @@ class DynamicsTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def model_config(self) -> DynamicsConfig:
-        base = dataclasses.asdict(dynamics_preset(self.preset))
-        deep_update(base, self.model)
+        base = preset_fields(dynamics_preset(self.preset), self.model)
         if self.effects_game:
             effects = measure_action_effects(self.effects_game, distribution_mode=self.effects_mode)
             base.update(

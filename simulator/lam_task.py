@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from torch import Tensor
 from data_pipeline.loader import Batch, FrameShardBatches, LoaderConfig
 from simulator.lam import LAMOutput, LatentActionModel
 from simulator.lam_config import LAMConfig, lam_preset
-from worldsim.config import deep_update, load_config
+from worldsim.config import load_config, preset_fields
 from worldsim.io.media import to_uint8_clips, write_grid_png
 from worldsim.train import TrainConfig
 
@@ -40,9 +39,7 @@ class LAMTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def model_config(self) -> LAMConfig:
-        base = dataclasses.asdict(lam_preset(self.preset))
-        deep_update(base, self.model)
-        return LAMConfig.from_dict(base)
+        return LAMConfig.from_dict(preset_fields(lam_preset(self.preset), self.model))
 
 
 class LAMTask(FrameShardBatches):

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import torch
 from data_pipeline.loader import Batch, FrameShardBatches, LoaderConfig
 from tokenizer.config import TokenizerConfig, tokenizer_preset
 from tokenizer.model import TokenizerOutput, VideoTokenizer
-from worldsim.config import deep_update
+from worldsim.config import preset_fields
 from worldsim.io.media import to_uint8_clips, write_grid_png, write_side_by_side_mp4
 from worldsim.train import TrainConfig
 
@@ -97,9 +96,7 @@ class TokenizerTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def model_config(self) -> TokenizerConfig:
-        base = dataclasses.asdict(tokenizer_preset(self.preset))
-        deep_update(base, self.model)
-        return TokenizerConfig.from_dict(base)
+        return TokenizerConfig.from_dict(preset_fields(tokenizer_preset(self.preset), self.model))
 
 
 class TokenizerTask(FrameShardBatches):

@@ -133,6 +133,14 @@ def _scalar_type(tp: Any) -> Any:
     return tp if tp in (int, float, str) else str
 
 
+def preset_fields(preset: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A model preset's fields (a dataclass) with a task's `model:` overrides laid over them,
+    nested keys merged: what each training task turns into its model config."""
+    fields = dataclasses.asdict(preset)
+    deep_update(fields, overrides)
+    return fields
+
+
 def deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
     """Lay `src` over `dst` in place, merging nested mappings key by key."""
     for k, v in src.items():

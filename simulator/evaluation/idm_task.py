@@ -8,7 +8,6 @@ model's config, so the groups come from the game, never from a hand-typed table.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from data_pipeline.action_effects import measure_action_effects
 from data_pipeline.loader import Batch, FrameShardBatches, LoaderConfig
 from simulator.evaluation.idm import IDMConfig, IDMOutput, InverseDynamicsModel, idm_preset
-from worldsim.config import deep_update, load_config
+from worldsim.config import load_config, preset_fields
 from worldsim.train import TrainConfig
 
 
@@ -34,8 +33,7 @@ class IDMTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def model_config(self) -> IDMConfig:
-        base = dataclasses.asdict(idm_preset(self.preset))
-        deep_update(base, self.model)
+        base = preset_fields(idm_preset(self.preset), self.model)
         if self.effects_game:
             effects = measure_action_effects(self.effects_game, distribution_mode=self.effects_mode)
             base.update(action_groups=effects.groups, group_names=effects.names)
