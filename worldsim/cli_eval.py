@@ -54,6 +54,28 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_keys(args: argparse.Namespace) -> int:
+    import torch
+
+    from data_pipeline.loader import LoaderConfig, ShardLoader
+    from simulator.engine import EngineConfig, WorldSimulator
+    from simulator.evaluation.keys import write_held_keys
+
+    engine = WorldSimulator.from_pretrained(args.world, EngineConfig(device=args.device))
+    cfg = LoaderConfig().for_eval(args.shards, args.split, batch_size=1)
+    starts, sources = [], set()
+    for batch in ShardLoader(cfg):  # frame 0 of each source's (level's) first clip, stored order
+        source, _, clip = batch.keys[0].rpartition("-")
+        if source not in sources and int(clip) == 0:
+            sources.add(source)
+            starts.append(batch.frames[0, 0])
+        if len(starts) == args.starts:
+            break
+    paths = write_held_keys(engine, torch.stack(starts), args.out, args.steps, seed=args.seed)
+    print(f"held keys: {len(starts)} starts x {args.steps} steps -> {', '.join(map(str, paths))}")
+    return 0
+
+
 def _eval_world(args: argparse.Namespace) -> int:
     from data_pipeline.loader import LoaderConfig, ShardLoader
     from simulator.engine import EngineConfig, WorldSimulator
@@ -230,6 +252,17 @@ def _add_eval_world(evals: Any) -> None:
     world.add_argument("--order", default=None, help="default: world.json's")
     world.add_argument("--device", default="cpu")
     world.set_defaults(func=_eval_world)
+    keys = evals.add_parser("keys", help="contact sheet of long rollouts with one key held")
+    keys.add_argument("--world", required=True, help="world folder steered by named keys")
+    keys.add_argument("--shards", required=True, help="held-out frame shards (start frames)")
+    keys.add_argument("--split", default="test")
+    keys.add_argument("--starts", type=int, default=8, help="start frames, one per level")
+    keys.add_argument("--steps", type=int, default=64, help="frames generated per key")
+    keys.add_argument("--seed", type=int, default=0)
+    keys.add_argument("--device", default="cpu")
+    keys.add_argument("--out", required=True, help="folder for held_keys.png and .mp4")
+    keys.set_defaults(func=_eval_keys)
+
     idm = evals.add_parser("idm", help="IDM accuracy on real clips (the ceiling) and the floor")
     idm.add_argument("--checkpoint", required=True, help="IDM save_pretrained folder")
     idm.add_argument("--shards", required=True, help="held-out frame shards with true actions")
