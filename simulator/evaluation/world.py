@@ -55,7 +55,7 @@ from simulator.evaluation.metrics import (
 from simulator.evaluation.world_report import WorldReport
 from simulator.lam import LatentActionModel
 from simulator.sampling_config import SamplingConfig
-from simulator.world_spec import WorldActionSpace, WorldSpec
+from simulator.world_spec import WorldActionSpace, WorldSpec, discrete_space
 from tokenizer.model import VideoTokenizer
 from worldsim.io.media import to_uint8_clips
 
@@ -102,11 +102,15 @@ def world_engines(
         )
     sizes = {"latent": cond.latent if lam is not None else None, "discrete": cond.discrete}
     engine_cfg = EngineConfig(sampling=cfg.sampling, kv_cache=cfg.kv_cache, device=cfg.device)
+    spaces = {  # the discrete space carries the game-id mapping of an effect-class model
+        "latent": WorldActionSpace("latent", sizes["latent"] or 0),
+        "discrete": discrete_space(dynamics),
+    }
     engines = {
         kind: WorldSimulator(
             tokenizer,
             dynamics,
-            WorldSpec(WorldActionSpace(kind, n), cfg.sampling),
+            WorldSpec(spaces[kind], cfg.sampling),
             engine_cfg,
             lam if kind == "latent" else None,
         )  # fmt: skip

@@ -10,6 +10,7 @@ back, so a perfect world is fully controllable.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -351,3 +352,19 @@ def test_cached_evaluation_matches_the_reference(tmp_path: Path) -> None:
     for name in uncached:  # pytest.approx compares flat sequences only, not dicts of lists
         assert uncached[name] == pytest.approx(cached[name], abs=1e-4), name
     assert reports[0].next_frame["psnr"] == pytest.approx(reports[1].next_frame["psnr"], abs=1e-4)
+
+
+def test_a_world_steered_by_effect_classes_gets_the_clips_game_ids_mapped() -> None:
+    """Clips hold game ids 0..7 whose effects are id % 4; a dynamics trained on the 4 effect
+    classes is steered by them, and the evaluation maps the clips' ids onto them."""
+    dynamics = FakeDynamics("discrete")
+    dynamics.cfg.action_groups = [[0, 4], [1, 5], [2, 6], [3, 7]]
+    batches = []
+    for seed in (0, 1):
+        batch = fake_batch(seed=seed)  # actions are effects 0..3
+        twins = torch.randint(2, batch.actions.shape, generator=torch.Generator().manual_seed(seed))
+        batches.append(dataclasses.replace(batch, actions=batch.actions + 4 * twins))
+    assert int(batches[0].actions.max()) >= 4
+    report = run(dynamics, batches, horizon=6)
+    assert report.psnr["true_actions"] == pytest.approx(report.psnr["tokenizer"], abs=1e-9)
+    assert report.delta_t_psnr["true"] > 10
