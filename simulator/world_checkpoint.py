@@ -15,6 +15,7 @@ the folder under a temporary name and renames it, so a reader never sees half a 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ from typing import Any
 
 from simulator.dynamics import DynamicsModel
 from simulator.lam import LatentActionModel
-from simulator.sampling_config import SamplingConfig
 from simulator.world_spec import (
     WORLD_FILE,
     WorldActionSpace,
@@ -91,10 +91,11 @@ def pack_world(
     steer: str | None = None,
     action_names: list[str] | None = None,
     steps: int | None = None,
+    temperature: float | None = None,
 ) -> tuple[Path, WorldSpec]:
     """`worldsim pack`: bundle trained parts into a world folder that the engine, `worldsim
     rollout` and the app load. `steer` picks the action source players use (default: what
-    `WorldSpec.default_for` picks); `steps` the default MaskGIT steps per frame."""
+    `WorldSpec.default_for` picks); `steps` and `temperature` the default sampling."""
     tokenizer = VideoTokenizer.from_pretrained(tokenizer_path)
     dynamics = DynamicsModel.from_pretrained(dynamics_path)
     lam = None if lam_path is None else LatentActionModel.from_pretrained(lam_path)
@@ -106,5 +107,7 @@ def pack_world(
     if action_names:
         spec.action_space.names = list(action_names)
     if steps is not None:
-        spec.sampling = SamplingConfig(steps=steps)
+        spec.sampling = dataclasses.replace(spec.sampling, steps=steps)
+    if temperature is not None:
+        spec.sampling = dataclasses.replace(spec.sampling, temperature=temperature)
     return save_world(out, tokenizer, dynamics, lam, spec), spec

@@ -191,7 +191,7 @@ def _pack(args: argparse.Namespace) -> int:
     names = args.action_names.split(",") if args.action_names else None
     path, spec = pack_world(
         args.tokenizer, args.dynamics, args.out, lam_path=args.lam, steer=args.steer,
-        action_names=names, steps=args.steps,
+        action_names=names, steps=args.steps, temperature=args.temperature,
     )  # fmt: skip
     print(f"world: {path}, steered by {spec.action_space.describe()}")
     return 0
@@ -206,6 +206,7 @@ def _add_pack(stages: Any) -> None:
     pack.add_argument("--steer", choices=["latent", "discrete"], default=None)
     pack.add_argument("--action-names", default=None, help='e.g. "LEFT,RIGHT,..." (discrete)')
     pack.add_argument("--steps", type=int, default=None, help="default MaskGIT steps (4)")
+    pack.add_argument("--temperature", type=float, default=None, help="default temperature (1)")
     pack.set_defaults(func=_pack)
 
 

@@ -19,12 +19,17 @@ CHECKPOINTS = Path(__file__).parents[2] / "checkpoints"
 
 def test_the_shipped_world_is_the_packed_release_of_the_checkpoints() -> None:
     world = shipped_world()
-    for part in ("tokenizer", "dynamics", "lam"):
-        weights = "diffusion_pytorch_model.safetensors"
+    weights = "diffusion_pytorch_model.safetensors"
+    for part, release in (
+        ("tokenizer", "tokenizer_coinrun_hard"),
+        ("dynamics", "dynamics_coinrun_play"),
+    ):
         shipped = (world / part / weights).read_bytes()
-        assert shipped == (CHECKPOINTS / f"{part}_coinrun" / weights).read_bytes(), part
+        assert shipped == (CHECKPOINTS / release / weights).read_bytes(), part
     space = read_world_spec(world).action_space
-    assert space.type == "discrete" and space.names[7] == "RIGHT" and space.n == 15
+    assert space.type == "discrete" and space.n == 6  # CoinRun's 6 effects, not its 15 ids
+    assert space.names == ["LEFT", "LEFT+UP", "NOOP", "UP", "RIGHT", "RIGHT+UP"]
+    assert space.from_game([1, 7, 8, 13]).tolist() == [0, 4, 5, 2]  # LEFT, RIGHT, RIGHT+UP, NOOP
     assert len(list((world / "starts").glob("*.png"))) == 12
 
 
@@ -46,6 +51,6 @@ def test_a_damaged_or_incomplete_install_is_named(tmp_path, monkeypatch) -> None
 
 def test_rollout_with_no_world_or_prompt_plays_the_shipped_one(tmp_path) -> None:
     result = rollout("RIGHT*3,RIGHT+UP", str(tmp_path / "r.gif"), scale=1)
-    assert result.world == shipped_world() and result.prompt.endswith("easy_level100003.png")
+    assert result.world == shipped_world() and result.prompt.endswith("allthemes_level100011.png")
     with Image.open(result.path) as gif:
         assert gif.n_frames == 5 and gif.size == (64, 64)

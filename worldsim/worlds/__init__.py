@@ -6,9 +6,11 @@ use when given no world), after checking every file against the sha256 pinned in
 playing garbage. A world folder is the format of simulator/world_checkpoint.py; shipped worlds
 add `starts/` (start frames of held-out levels, described in `starts/starts.json`).
 
-The CoinRun world is the packed release of checkpoints/{tokenizer,dynamics,lam}_coinrun (where
-their training records live), steered by CoinRun's 15 true actions; it was trained on the
-single-theme `easy` distribution (README, "Evaluation").
+The CoinRun world is the packed release of checkpoints/tokenizer_coinrun_hard and
+checkpoints/dynamics_coinrun_play (where their recipes and training records live): trained on
+CoinRun's full visual distribution and steered by the game's 6 effects (LEFT, LEFT+UP, NOOP, UP,
+RIGHT, RIGHT+UP). Its start frames are from held-out levels, ten of all themes and two of the
+single `easy` theme (README, "Evaluation").
 """
 
 from __future__ import annotations
