@@ -132,11 +132,20 @@ def repeated_action_frames(
 ) -> Tensor:
     """Frames (R, A, C, H, W): from each start frame (R, 1, C, H, W), the frame the engine makes
     after `steps` repeats of each of its A actions."""
-    count, rows = engine.action_space.n, start_BTCHW.shape[0]
-    prompts = start_BTCHW.repeat_interleave(count, dim=0)  # (R*A, 1, C, H, W)
-    ids = torch.arange(count).repeat(rows)[:, None].expand(-1, steps)
+    actions = list(range(engine.action_space.n))
+    return held_action_rollouts(engine, start_BTCHW[:, 0], actions, steps, seed)[:, :, -1]
+
+
+def held_action_rollouts(
+    engine: WorldSimulator, starts_BCHW: Tensor, actions: list[int], steps: int, seed: int
+) -> Tensor:
+    """Video (S, A, 1 + steps, C, H, W): from each of S start frames, the start and `steps`
+    frames with each of the A `actions` held, all rolled out as one batch."""
+    count, rows = len(actions), starts_BCHW.shape[0]
+    prompts = starts_BCHW[:, None].repeat_interleave(count, dim=0)  # (S*A, 1, C, H, W)
+    ids = torch.tensor(actions).repeat(rows)[:, None].expand(-1, steps)
     video = engine.rollout(prompts, ids, seed=seed)
-    return rearrange(video[:, -1], "(r a) c h w -> r a c h w", a=count)
+    return rearrange(video, "(s a) t c h w -> s a t c h w", a=count)
 
 
 def _usage_row(usage: list[int], hw: tuple[int, ...]) -> np.ndarray:

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from simulator.engine import WorldSimulator
+from simulator.evaluation.figures import held_action_rollouts
 from worldsim.io.media import to_uint8_clips, write_grid_png, write_side_by_side_mp4
 
 # row label -> the action names that stand for it, first match wins
@@ -43,20 +44,6 @@ def held_key_actions(engine: WorldSimulator) -> dict[str, int]:
     return rows
 
 
-@torch.no_grad()
-def held_key_rollouts(
-    engine: WorldSimulator, starts_BCHW: Tensor, steps: int = 64, seed: int = 0
-) -> tuple[Tensor, list[str]]:
-    """Video (K, S, 1 + steps, C, H, W): for each of K held keys and S start frames, the start
-    frame and `steps` generated frames with the key held; and the K row labels."""
-    rows = held_key_actions(engine)
-    k, s = len(rows), starts_BCHW.shape[0]
-    prompts = starts_BCHW[:, None].repeat(k, 1, 1, 1, 1)  # (K*S, 1, C, H, W), key-major
-    ids = torch.tensor(list(rows.values())).repeat_interleave(s)[:, None].expand(-1, steps)
-    video = engine.rollout(prompts, ids, seed=seed)
-    return rearrange(video, "(k s) t c h w -> k s t c h w", k=k), list(rows)
-
-
 def write_held_keys(
     engine: WorldSimulator,
     starts_BCHW: Tensor,
@@ -67,18 +54,21 @@ def write_held_keys(
 ) -> list[Path]:
     """`held_keys.png` (one labelled row per start and key: every `every`-th frame and the
     last) and `held_keys.mp4` (keys as rows, starts as columns, all frames)."""
-    video, labels = held_key_rollouts(engine, starts_BCHW, steps, seed)
-    clips = to_uint8_clips(video)  # (K, S, T, H, W, 3)
+    rows_by_key = held_key_actions(engine)
+    labels = list(rows_by_key)
+    with torch.no_grad():
+        video = held_action_rollouts(engine, starts_BCHW, list(rows_by_key.values()), steps, seed)
+    clips = to_uint8_clips(video)  # (S, K, T, H, W, 3)
     shown = sorted(set(range(0, steps + 1, every)) | {steps})
     size = clips.shape[-2]
     rows = [
-        np.concatenate([_label_cell(labels[k], size)[None], clips[k, s][shown]])
-        for s in range(clips.shape[1])
+        np.concatenate([_label_cell(labels[k], size)[None], clips[s, k][shown]])
+        for s in range(clips.shape[0])
         for k in range(len(labels))
     ]
     out = Path(out_dir)
     png = write_grid_png(rows, out / "held_keys.png")
-    tiles = rearrange(clips, "k s t h w c -> s t (k h) w c")  # keys stacked in each column
+    tiles = rearrange(clips, "s k t h w c -> s t (k h) w c")  # keys stacked in each column
     mp4 = write_side_by_side_mp4(list(np.ascontiguousarray(tiles)), out / "held_keys.mp4", 8, 2)
     return [png, mp4]
 

@@ -230,8 +230,8 @@ def _score_batch(
     meters.add_curves(TOKENIZER, decode(tokens)[:, 1:], real)
     meters.add_curves(COPY, decode(tokens[:, :1].expand(-1, h, -1, -1).contiguous()), real)
     seed = cfg.seed * 1_000_003 + index
-    videos = {}
-    for name, actions in _world_actions(engines, streams).items():
+    videos, steering = {}, _world_actions(engines, streams)
+    for name, actions in steering.items():
         videos[name] = engines[STREAMS[name]].rollout(frames[:, :1], actions, seed=seed)
         meters.add_curves(name, videos[name][:, 1:], real)
     if not meters.samples:
@@ -242,8 +242,7 @@ def _score_batch(
             delta = delta_t_psnr(frames, videos[steered], videos[random], cfg.delta_t)
             meters.delta[kind].add(torch.full((frames.shape[0], 1), delta))
     primary = TRUE if TRUE in streams else LAM
-    primary_actions = _world_actions(engines, streams)[primary]
-    _teacher_forced(engines[STREAMS[primary]], frames, tokens, primary_actions, seed, meters)
+    _teacher_forced(engines[STREAMS[primary]], frames, tokens, steering[primary], seed, meters)
     if meters.control is not None and TRUE in videos:
         meters.control.add(GENERATED, videos[TRUE], streams[TRUE])
         meters.control.add(REAL, frames, streams[TRUE])
