@@ -17,6 +17,7 @@ player as a notice, anything else as a short error, never a stack trace.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -227,6 +228,7 @@ def launch(
     """Load the world once and serve the app; returns the app and its local URL."""
     engine = WorldSimulator.from_pretrained(world, EngineConfig(device=device))
     handlers = PlayHandlers(engine, world, shard_clips)
+    atexit.register(handlers.close)  # the session videos' temporary folder
     app = build_app(handlers)
     app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     _, url, _ = app.launch(
