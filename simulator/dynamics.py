@@ -55,8 +55,9 @@ class ActionInputs:
 @dataclass
 class DynamicsOutput:
     loss: Tensor  # scalar: cross-entropy over the masked tokens
-    # Detached scalars (the driver logs `loss` itself): masked_accuracy, mask_rate (share of
-    # frames 1.. masked), copy_accuracy (the copy-the-last-frame baseline on the same tokens).
+    # Detached scalars (the driver logs `loss` itself): masked_accuracy, changed_accuracy (on
+    # the masked tokens that differ from the previous frame's), mask_rate (share of frames 1..
+    # masked), copy_accuracy (the copy-the-last-frame baseline on the same tokens).
     metrics: dict[str, Tensor]
 
 
@@ -128,13 +129,18 @@ class DynamicsModel(PretrainedModel):
         flat_mask = rearrange(mask_BThw, "b t h w -> b t (h w)")
         logits_MV = self.head(hidden_BTND[flat_mask]).float()  # masked positions only
         targets_M = tokens_BThw[mask_BThw]
-        count = targets_M.numel()
-        # A batch without a masked token (tiny grids only) gives a zero loss, not NaN.
-        loss = F.cross_entropy(logits_MV, targets_M, reduction="sum") / max(count, 1)
         previous_BThw = torch.cat([tokens_BThw[:, :1], tokens_BThw[:, :-1]], dim=1)
+        changed_M = previous_BThw[mask_BThw] != targets_M
+        weight_M = 1.0 + (self.cfg.changed_weight - 1.0) * changed_M.float()
+        token_loss_M = F.cross_entropy(logits_MV, targets_M, reduction="none")
+        # A batch without a masked token (tiny grids only) gives a zero loss, not NaN.
+        loss = (token_loss_M * weight_M).sum() / weight_M.sum().clamp_min(1e-6)
         with torch.no_grad():
+            right_M = logits_MV.argmax(-1) == targets_M
             metrics = {
-                "masked_accuracy": _mean((logits_MV.argmax(-1) == targets_M).float()),
+                "masked_accuracy": _mean(right_M.float()),
+                # The same on tokens that differ from the previous frame's: what copying misses.
+                "changed_accuracy": _mean(right_M[changed_M].float()),
                 "mask_rate": mask_BThw[:, 1:].float().mean(),
                 "copy_accuracy": _mean((previous_BThw[mask_BThw] == targets_M).float()),
             }
@@ -154,10 +160,13 @@ class DynamicsModel(PretrainedModel):
         mask_BThw: Tensor | None,
         actions: ActionInputs,
         start_frame: int = 0,
+        drop_last_action: bool = False,
     ) -> Tensor:
         """Input embeddings (B, T, h*w, width) of frames start_frame .. start_frame + T - 1 of a
         clip. `actions` are indexed from the clip's frame 0 (action i follows frame i), so
-        A >= start_frame + T - 1; `mask_BThw` (bool, True = masked) may be None."""
+        A >= start_frame + T - 1; `mask_BThw` (bool, True = masked) may be None.
+        `drop_last_action` hides the action leading into the last frame, as `action_dropout`
+        does in training: the unconditional branch of classifier-free guidance."""
         self.check_tokens(tokens_BThw, start_frame)
         b, t = tokens_BThw.shape[:2]
         ids_BThw = tokens_BThw
@@ -170,7 +179,10 @@ class DynamicsModel(PretrainedModel):
             ids_BThw = tokens_BThw.masked_fill(mask_BThw, self.cfg.mask_id)
         x_BTND = self.token_embed(rearrange(ids_BThw, "b t h w -> b t (h w)"))
         x_BTND = x_BTND + self.pos_space + self.pos_time[:, start_frame : start_frame + t]
-        return x_BTND + self._action_embedding(actions, b, start_frame, t)[:, :, None]
+        action_BTD = self._action_embedding(actions, b, start_frame, t)
+        if drop_last_action:
+            action_BTD = torch.cat([action_BTD[:, :-1], torch.zeros_like(action_BTD[:, -1:])], 1)
+        return x_BTND + action_BTD[:, :, None]
 
     def transform(self, x_BTND: Tensor) -> Tensor:
         """The ST transformer (causal in time), block by block so blocks can be checkpointed."""
@@ -200,6 +212,9 @@ class DynamicsModel(PretrainedModel):
                 keep_B11 = torch.rand(b, 1, 1, device=emb.device) >= self.cfg.source_dropout
                 source_emb = source_emb * keep_B11
             emb = emb + source_emb
+        if self.training and self.cfg.action_dropout > 0:
+            keep_BA1 = torch.rand(b, stop - first, 1, device=emb.device) >= self.cfg.action_dropout
+            emb = emb * keep_BA1
         if start == 0:
             emb = torch.cat([self.no_action.expand(b, 1, -1), emb], dim=1)
         return emb

@@ -45,11 +45,20 @@ class DynamicsConfig:
     # so the model learns to tolerate its own sampling errors in rollouts (1X GENIE's random
     # replacement, GameNGen's context noise). Training only; 0 disables.
     corrupt_max: float = 0.1
+    # Loss weight of a masked token whose code differs from the previous frame's, relative to one
+    # that repeats it. On CoinRun most tokens repeat, and a model that copies the past scores well
+    # while ignoring the keys; weighting the changes pushes it to model motion. 1: plain mean.
+    changed_weight: float = 1.0
     # Per clip and per action source, the chance that the source is hidden in training (its
     # embedding dropped). With it, a model on ["latent", "discrete"] can later be steered by
     # either source alone or by both: one model serves Genie's latent-action evaluation and
     # rollouts with true actions. 0: every configured source is required.
     source_dropout: float = 0.0
+    # Per frame, the chance that the actions leading into it are hidden in training (every
+    # source's embedding dropped for that frame only). It teaches the unconditional prediction,
+    # given the past and its actions, that classifier-free guidance on the actions contrasts
+    # against (SamplingConfig.guidance). 0: the model cannot be guided.
+    action_dropout: float = 0.0
     gradient_checkpointing: bool = False  # recompute block activations in backward (memory)
 
     @property
@@ -84,6 +93,10 @@ class DynamicsConfig:
             )
         if not 0 <= self.source_dropout < 1:
             problems.append(f"source_dropout must be in [0, 1), got {self.source_dropout}")
+        if not self.changed_weight > 0:
+            problems.append(f"changed_weight must be > 0, got {self.changed_weight}")
+        if not 0 <= self.action_dropout < 1:
+            problems.append(f"action_dropout must be in [0, 1), got {self.action_dropout}")
         if not 0 <= self.corrupt_max < 1:
             problems.append(f"corrupt_max must be in [0, 1), got {self.corrupt_max}")
         if problems:

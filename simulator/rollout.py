@@ -12,7 +12,6 @@ prompt frames, then one frame per action, enlarged by pixel repetition.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +58,7 @@ def rollout(
     prompt: str | None = None,
     steps: int | None = None,
     temperature: float | None = None,
+    guidance: float | None = None,
     seed: int = 0,
     fps: float = 8.0,
     device: str = "cpu",
@@ -73,12 +73,7 @@ def rollout(
     world = Path(checkpoint) if checkpoint is not None else shipped_world()
     spec = read_world_spec(world)
     ids = parse_actions(actions, spec.action_space)
-    sampling = spec.sampling
-    if steps is not None:
-        sampling = dataclasses.replace(sampling, steps=steps)
-    if temperature is not None:
-        sampling = dataclasses.replace(sampling, temperature=temperature)
-    sampling.validate()
+    sampling = spec.sampling.override(steps=steps, temperature=temperature, guidance=guidance)
     prompt = prompt if prompt is not None else str(default_prompt(world))
     from simulator.engine import EngineConfig, WorldSimulator
     from simulator.prompt import load_prompt, prompt_and_actions

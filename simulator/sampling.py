@@ -70,10 +70,11 @@ def sample_next_frame(
         )
     _check_action_count(actions, t, "one per context frame, the last leads to the new frame")
 
-    def logits(frame_BN: Tensor, masked_BN: Tensor) -> Tensor:
-        return _new_frame_logits(model, context_BThw, frame_BN, masked_BN, actions)
+    def logits(frame_BN: Tensor, masked_BN: Tensor, free: bool) -> Tensor:
+        return _new_frame_logits(model, context_BThw, frame_BN, masked_BN, actions, free)
 
-    frame_BN = unmask_frame(logits, b, model.grid**2, context_BThw.device, cfg, generator)
+    logits_fn = guided(logits, cfg.guidance, model)
+    frame_BN = unmask_frame(logits_fn, b, model.grid**2, context_BThw.device, cfg, generator)
     return rearrange(frame_BN, "b (h w) -> b h w", h=model.grid)
 
 
@@ -101,16 +102,16 @@ def sample_next_frame_cached(
     if position + 1 > model.cfg.max_frames:
         raise ValueError(f"{position} cached frames leave no room within max_frames")
 
-    def logits(frame_BN: Tensor, masked_BN: Tensor) -> Tensor:
+    def logits(frame_BN: Tensor, masked_BN: Tensor, free: bool) -> Tensor:
         new_B1hw = rearrange(frame_BN, "b (h w) -> b 1 h w", h=g)
         mask_B1hw = rearrange(masked_BN, "b (h w) -> b 1 h w", h=g)
-        x_B1ND = model.embed(new_B1hw, mask_B1hw, actions, start_frame=position)
+        x_B1ND = model.embed(new_B1hw, mask_B1hw, actions, position, drop_last_action=free)
         hidden_B1ND = model.transformer.forward_cached(x_B1ND, cache, commit=False)[0]
         return model.head(hidden_B1ND[:, 0]).float()
 
     b = cache.storage.keys[0].shape[0] // (g * g)
     device = cache.storage.keys[0].device
-    frame_BN = unmask_frame(logits, b, g * g, device, cfg, generator)
+    frame_BN = unmask_frame(guided(logits, cfg.guidance, model), b, g * g, device, cfg, generator)
     return rearrange(frame_BN, "b (h w) -> b h w", h=g)
 
 
@@ -120,6 +121,31 @@ def commit_frame(
     """`cache` extended by the final tokens (B, h, w) of its next frame."""
     x_B1ND = model.embed(tokens_Bhw[:, None], None, actions, start_frame=cache.length)
     return model.transformer.forward_cached(x_B1ND, cache, commit=True)[1]
+
+
+# (frame_BN, masked_BN, free) -> logits as LogitsFn; free=True hides the new frame's action.
+ActionLogitsFn = Callable[[Tensor, Tensor, bool], Tensor]
+
+
+def guided(logits_fn: ActionLogitsFn, guidance: float, model: DynamicsModel) -> LogitsFn:
+    """Classifier-free guidance on the actions: logits_free + guidance * (logits - logits_free).
+    Guidance 1 is the plain conditional logits (one forward pass a step).
+
+    References: Ho & Salimans 2022, "Classifier-Free Diffusion Guidance"."""
+    if guidance == 1:
+        return lambda frame_BN, masked_BN: logits_fn(frame_BN, masked_BN, False)
+    if model.cfg.action_dropout == 0:
+        raise ValueError(
+            f"guidance {guidance} needs a dynamics model trained with action_dropout > 0 (it "
+            "learns the action-free prediction guidance contrasts against); this one has 0: "
+            "sample with guidance 1"
+        )
+
+    def logits(frame_BN: Tensor, masked_BN: Tensor) -> Tensor:
+        free_BNV = logits_fn(frame_BN, masked_BN, True)
+        return free_BNV + guidance * (logits_fn(frame_BN, masked_BN, False) - free_BNV)
+
+    return logits
 
 
 def unmask_frame(
@@ -207,14 +233,17 @@ def _new_frame_logits(
     frame_BN: Tensor,
     masked_BN: Tensor,
     actions: ActionInputs,
+    free: bool,
 ) -> Tensor:
-    """Logits (B, h*w, num_codes) of the new frame; only its hidden states reach the head."""
+    """Logits (B, h*w, num_codes) of the new frame; only its hidden states reach the head.
+    `free` hides the action leading into it (guidance's action-free branch)."""
     g = model.grid
     new_B1hw = rearrange(frame_BN, "b (h w) -> b 1 h w", h=g)
     tokens_BThw = torch.cat([context_BThw, new_B1hw], dim=1)
     mask_BThw = torch.zeros_like(tokens_BThw, dtype=torch.bool)
     mask_BThw[:, -1] = rearrange(masked_BN, "b (h w) -> b h w", h=g)
-    hidden_BTND = model.transform(model.embed(tokens_BThw, mask_BThw, actions))
+    x_BTND = model.embed(tokens_BThw, mask_BThw, actions, drop_last_action=free)
+    hidden_BTND = model.transform(x_BTND)
     return model.head(hidden_BTND[:, -1]).float()
 
 

@@ -15,7 +15,6 @@ the folder under a temporary name and renames it, so a reader never sees half a 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -92,10 +91,12 @@ def pack_world(
     action_names: list[str] | None = None,
     steps: int | None = None,
     temperature: float | None = None,
+    guidance: float | None = None,
 ) -> tuple[Path, WorldSpec]:
     """`worldsim pack`: bundle trained parts into a world folder that the engine, `worldsim
     rollout` and the app load. `steer` picks the action source players use (default: what
-    `WorldSpec.default_for` picks); `steps` and `temperature` the default sampling."""
+    `WorldSpec.default_for` picks); `steps`, `temperature` and `guidance` the default
+    sampling (None: SamplingConfig's)."""
     tokenizer = VideoTokenizer.from_pretrained(tokenizer_path)
     dynamics = DynamicsModel.from_pretrained(dynamics_path)
     lam = None if lam_path is None else LatentActionModel.from_pretrained(lam_path)
@@ -106,8 +107,5 @@ def pack_world(
         spec.action_space = discrete_space(dynamics)
     if action_names:
         spec.action_space.names = list(action_names)
-    if steps is not None:
-        spec.sampling = dataclasses.replace(spec.sampling, steps=steps)
-    if temperature is not None:
-        spec.sampling = dataclasses.replace(spec.sampling, temperature=temperature)
+    spec.sampling = spec.sampling.override(steps=steps, temperature=temperature, guidance=guidance)
     return save_world(out, tokenizer, dynamics, lam, spec), spec

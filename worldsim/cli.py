@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from worldsim.cli_eval import add_eval_commands
+from worldsim.cli_eval import GUIDANCE_HELP, add_eval_commands
 from worldsim.config import (
     add_dataclass_flags,
     flags_to_dict,
@@ -164,7 +164,8 @@ def _rollout(args: argparse.Namespace) -> int:
 
     result = rollout(
         args.actions, args.out, checkpoint=args.checkpoint, prompt=args.prompt, steps=args.steps,
-        temperature=args.temperature, seed=args.seed, fps=args.fps, device=args.device,
+        temperature=args.temperature, guidance=args.guidance, seed=args.seed, fps=args.fps,
+        device=args.device,
     )  # fmt: skip
     print(result.render())
     if args.checkpoint is None:
@@ -192,6 +193,7 @@ def _pack(args: argparse.Namespace) -> int:
     path, spec = pack_world(
         args.tokenizer, args.dynamics, args.out, lam_path=args.lam, steer=args.steer,
         action_names=names, steps=args.steps, temperature=args.temperature,
+        guidance=args.guidance,
     )  # fmt: skip
     print(f"world: {path}, steered by {spec.action_space.describe()}")
     return 0
@@ -207,6 +209,7 @@ def _add_pack(stages: Any) -> None:
     pack.add_argument("--action-names", default=None, help='e.g. "LEFT,RIGHT,..." (discrete)')
     pack.add_argument("--steps", type=int, default=None, help="default MaskGIT steps (4)")
     pack.add_argument("--temperature", type=float, default=None, help="default temperature (1)")
+    pack.add_argument("--guidance", type=float, default=None, help=GUIDANCE_HELP)
     pack.set_defaults(func=_pack)
 
 
@@ -220,6 +223,7 @@ def _add_rollout(stages: Any) -> None:
     roll.add_argument("--out", required=True, help="rollout.mp4 or rollout.gif")
     roll.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: world.json)")
     roll.add_argument("--temperature", type=float, default=None)
+    roll.add_argument("--guidance", type=float, default=None, help=GUIDANCE_HELP)
     roll.add_argument("--seed", type=int, default=0)
     roll.add_argument("--fps", type=float, default=8.0)
     roll.add_argument("--device", default="cpu")

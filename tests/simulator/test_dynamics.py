@@ -72,7 +72,7 @@ def test_shapes_and_metrics(model: DynamicsModel) -> None:
     assert model.logits(tokens, None, actions).shape == (B, T, G, G, CODES)
     out = model.train()(tokens, actions)
     assert out.loss.ndim == 0 and out.loss.requires_grad
-    assert set(out.metrics) == {"masked_accuracy", "mask_rate", "copy_accuracy"}
+    assert set(out.metrics) == {"masked_accuracy", "changed_accuracy", "mask_rate", "copy_accuracy"}
     assert 0.4 < float(out.metrics["mask_rate"]) <= 1
     assert model.num_codes == CODES and model.grid == G and model.num_latent_actions == LATENT
 
@@ -122,6 +122,44 @@ def test_loss_scores_only_masked_tokens(model: DynamicsModel, monkeypatch) -> No
     expected = F.cross_entropy(logits[mask], tokens[mask])
     torch.testing.assert_close(model.loss(tokens, actions).loss, expected)
     assert float(model.loss(tokens, actions).metrics["mask_rate"]) == pytest.approx(0.5)
+
+
+def test_changed_weight_weighs_tokens_that_differ_from_the_previous_frame(monkeypatch) -> None:
+    model = DynamicsModel(tiny_config(changed_weight=3.0, corrupt_max=0.0))
+    tokens, actions = clip_batch()
+    tokens[:, 2] = tokens[:, 1]  # frame 2 repeats frame 1: its tokens are "unchanged"
+    mask = fixed_mask(tokens)
+    monkeypatch.setattr(model, "draw_mask", lambda _tokens: mask)
+    previous = torch.cat([tokens[:, :1], tokens[:, :-1]], dim=1)
+    weight = 1.0 + 2.0 * (previous[mask] != tokens[mask]).float()
+    assert 0 < int((weight == 1).sum()) < weight.numel()
+    logits = model.logits(tokens, mask, actions)
+    ce = F.cross_entropy(logits[mask], tokens[mask], reduction="none")
+    out = model.loss(tokens, actions)
+    torch.testing.assert_close(out.loss, (ce * weight).sum() / weight.sum())
+    right = logits[mask].argmax(-1) == tokens[mask]
+    changed_accuracy = right[weight > 1].float().mean()
+    torch.testing.assert_close(out.metrics["changed_accuracy"], changed_accuracy)
+    with pytest.raises(ValueError, match="changed_weight must be > 0"):
+        tiny_config(changed_weight=0.0)
+
+
+def test_action_dropout_hides_single_frames_in_training() -> None:
+    tokens, actions = clip_batch()
+    model = DynamicsModel(tiny_config(action_dropout=0.5)).eval()
+    with torch.no_grad():  # every source's embedding: hidden frames differ clearly
+        for embedding in model.action_embeds.values():
+            embedding.weight.add_(1.0)
+    free = model.embed(tokens, None, actions, drop_last_action=True)
+    plain = model.embed(tokens, None, actions)
+    assert torch.equal(free[:, :-1], plain[:, :-1]) and not torch.equal(free[:, -1], plain[:, -1])
+    torch.manual_seed(0)
+    trained = model.train().embed(tokens, None, actions)
+    hidden_BT = (trained != plain).any(-1).any(-1)  # frames whose action was dropped
+    assert not hidden_BT[:, 0].any()  # frame 0's "no action" embedding is never dropped
+    assert hidden_BT.any() and not hidden_BT.all()  # frame by frame, not clip by clip
+    with pytest.raises(ValueError, match="action_dropout must be in"):
+        tiny_config(action_dropout=1.0)
 
 
 def test_draw_mask_spares_frame_0_and_respects_the_rate_range() -> None:

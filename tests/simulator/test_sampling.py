@@ -154,3 +154,72 @@ def test_bad_options_and_inputs_are_named(model: DynamicsModel) -> None:
         rollout_tokens(model, tokens[:, :2], actions, 5, SamplingConfig(), gen)
     with pytest.raises(ValueError, match="'latent' actions"):
         sample_next_frame(model, tokens, ActionInputs(), SamplingConfig(), gen)
+
+
+@pytest.fixture(scope="module")
+def guidable() -> DynamicsModel:
+    """The tiny model as if trained with action_dropout: guidance may contrast with no action."""
+    torch.manual_seed(1)
+    model = DynamicsModel(dynamics_preset("tiny", action_sources=["latent"], action_dropout=0.1))
+    with torch.no_grad():
+        model.action_embeds["latent"].weight.mul_(50)  # actions that visibly steer the logits
+    return model.eval()
+
+
+def new_frame_logits(model: DynamicsModel, actions: ActionInputs, free: bool) -> torch.Tensor:
+    tokens, _ = context(3)
+    new = torch.cat([tokens, torch.zeros_like(tokens[:, :1])], dim=1)
+    mask = torch.zeros_like(new, dtype=torch.bool)
+    mask[:, -1] = True
+    x = model.embed(new, mask, actions, drop_last_action=free)
+    return model.head(model.transform(x))[:, -1]
+
+
+def test_guidance_extrapolates_from_the_action_free_logits(guidable: DynamicsModel) -> None:
+    _, actions = context(3)
+    cond, free = (new_frame_logits(guidable, actions, f) for f in (False, True))
+    expected = (free + 3.0 * (cond - free)).argmax(-1).reshape(B, G, G)
+    greedy = SamplingConfig(steps=1, temperature=0.0, guidance=3.0)
+    got = sample_next_frame(guidable, context(3)[0], actions, greedy, torch.Generator())
+    assert torch.equal(got, expected)
+    assert not torch.equal(expected, cond.argmax(-1).reshape(B, G, G))  # guidance did something
+
+
+def test_guidance_zero_ignores_the_new_frame_action(guidable: DynamicsModel) -> None:
+    tokens, actions = context(3)
+    assert actions.latent is not None
+    other = actions.latent.clone()
+    other[:, -1] = (other[:, -1] + 1) % LATENT
+    cfg = SamplingConfig(steps=3, guidance=0.0)
+    frames = [
+        sample_next_frame(guidable, tokens, a, cfg, torch.Generator().manual_seed(0))
+        for a in (actions, ActionInputs(latent=other))
+    ]
+    assert torch.equal(frames[0], frames[1])
+    cfg.guidance = 1.0  # the plain conditional sampler does follow the action
+    plain = [
+        sample_next_frame(guidable, tokens, a, cfg, torch.Generator().manual_seed(0))
+        for a in (actions, ActionInputs(latent=other))
+    ]
+    assert not torch.equal(plain[0], plain[1])
+
+
+def test_guided_cached_rollout_gives_the_uncached_tokens(guidable: DynamicsModel) -> None:
+    set_query_by_query(guidable)
+    tokens, actions = context(14)
+    cfg = SamplingConfig(steps=3, guidance=2.5)
+    rolled = [
+        rollout_tokens(
+            guidable, tokens[:, :2], actions, 13, cfg, torch.Generator().manual_seed(3), 4, cached
+        )
+        for cached in (False, True)
+    ]
+    assert torch.equal(rolled[0], rolled[1])
+
+
+def test_guidance_needs_a_model_trained_for_it(model: DynamicsModel) -> None:
+    tokens, actions = context(3)
+    with pytest.raises(ValueError, match="trained with action_dropout > 0"):
+        sample_next_frame(model, tokens, actions, SamplingConfig(guidance=2.0), torch.Generator())
+    with pytest.raises(ValueError, match="guidance must be finite and >= 0"):
+        SamplingConfig(guidance=-1.0).validate()

@@ -88,7 +88,9 @@ class FakeDynamics(nn.Module):
         self.source, self.noisy = source, noisy
         self.grid, self.num_codes = GRID, K
 
-    def embed(self, tokens_BThw: Tensor, mask: Tensor, actions: ActionInputs) -> Tensor:
+    def embed(
+        self, tokens_BThw: Tensor, mask: Tensor, actions: ActionInputs, drop_last_action=False
+    ) -> Tensor:
         a_BA = getattr(actions, self.source)
         target = (tokens_BThw[:, :-1] + a_BA[:, : tokens_BThw.shape[1] - 1, None, None]) % K
         logits = 50.0 * F.one_hot(target, K).float() * (not self.noisy)
@@ -190,7 +192,9 @@ class SeparableFakeDynamics(FakeDynamics):
         super().__init__("latent", noisy=noisy)
         self.cfg.action_sources, self.cfg.source_dropout = ["latent", "discrete"], 0.5
 
-    def embed(self, tokens_BThw: Tensor, mask: Tensor, actions: ActionInputs) -> Tensor:
+    def embed(
+        self, tokens_BThw: Tensor, mask: Tensor, actions: ActionInputs, drop_last_action=False
+    ) -> Tensor:
         given = [s for s in ("latent", "discrete") if getattr(actions, s) is not None]
         assert len(given) == 1, given
         self.source = given[0]
