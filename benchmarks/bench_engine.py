@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from simulator.dynamics import DynamicsModel
-from simulator.dynamics_config import dynamics_preset
-from simulator.engine import EngineConfig, WorldSimulator, WorldState
-from simulator.sampling import SamplingConfig
+from simulator.engine.sampling import SamplingConfig
+from simulator.engine.world_simulator import EngineConfig, WorldSimulator, WorldState
+from simulator.models.dynamics import DynamicsModel
+from simulator.models.dynamics_config import dynamics_preset
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
 from worldsim.nn.attention import available_backends, check_backends_agree

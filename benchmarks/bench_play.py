@@ -56,7 +56,7 @@ def main() -> None:
 def engine_only_fps(world: str | None, steps: int) -> float:
     import torch
 
-    from simulator.engine import WorldSimulator
+    from simulator.engine.world_simulator import WorldSimulator
     from worldsim.worlds import shipped_world
 
     sim = WorldSimulator.from_pretrained(Path(world) if world else shipped_world())

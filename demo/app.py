@@ -29,8 +29,8 @@ import gradio as gr
 
 from demo.handlers import PlayHandlers, Settings
 from demo.uploads import IMAGE_SUFFIXES, MAX_UPLOAD_MB, PlayError
-from simulator.engine import EngineConfig, WorldSimulator
-from simulator.prompt import VIDEO_SUFFIXES
+from simulator.engine.prompt import VIDEO_SUFFIXES
+from simulator.engine.world_simulator import EngineConfig, WorldSimulator
 
 STATIC = Path(__file__).parent / "static"
 IDLE_S = 900  # a session untouched this long is dropped (its world state and frames freed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.world_spec import WorldActionSpace
+from simulator.world.spec import WorldActionSpace
 
 DIRECTIONS = ("left", "right", "up", "down")
 DIGITS = "1234567890"  # key "1" is action 0, ..., key "0" is action 9

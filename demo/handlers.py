@@ -19,9 +19,9 @@ import numpy as np
 from demo.controls import Controls, controls_for
 from demo.session import PlaySession, Start
 from demo.uploads import BuiltinStart, PlayError, builtin_starts, load_start
-from simulator.engine import WorldSimulator
-from simulator.prompt import LoadedPrompt, prompt_and_actions
-from simulator.sampling_config import SamplingConfig
+from simulator.engine.prompt import LoadedPrompt, prompt_and_actions
+from simulator.engine.sampling_config import SamplingConfig
+from simulator.engine.world_simulator import WorldSimulator
 from worldsim.io.media import png_bytes, write_video
 
 DOWNLOAD_FPS = 15.0  # CoinRun's own frame rate
@@ -176,8 +176,9 @@ class PlayHandlers:
     def _begin(
         self, loaded: LoadedPrompt, label: str, settings: Settings
     ) -> tuple[PlaySession, View]:
-        """Start from what the world can take of the clip (simulator.prompt.prompt_and_actions:
-        its last frames with known or inferable actions between them, else its last frame)."""
+        """Start from what the world can take of the clip
+        (simulator.engine.prompt.prompt_and_actions: its last frames with known or inferable
+        actions between them, else its last frame)."""
         frames, between, _ = prompt_and_actions(loaded, self.engine)
         start = Start(frames, None if between is None else between[0], label)
         session = PlaySession.begin(self.engine, start, _seed(settings))

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.engine import WorldSimulator, WorldState
-from simulator.sampling_config import SamplingConfig
+from simulator.engine.sampling_config import SamplingConfig
+from simulator.engine.world_simulator import WorldSimulator, WorldState
 from worldsim.io.media import to_uint8_clips
 
 MAX_UNDO = 32  # states kept for undo: each holds the model caches of a whole context window

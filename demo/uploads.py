@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from simulator.prompt import VIDEO_SUFFIXES, LoadedPrompt, load_prompt
+from simulator.engine.prompt import VIDEO_SUFFIXES, LoadedPrompt, load_prompt
 
 MAX_UPLOAD_MB = 20
 MAX_IMAGE_PIXELS = 4096 * 4096

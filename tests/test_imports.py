@@ -54,5 +54,5 @@ def test_imports_run_one_way(package: str) -> None:
 
 def test_the_scan_sees_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from simulator.engine import WorldSimulator\n")
-    assert "simulator.engine" in imported_modules(bad)
+    bad.write_text("def f():\n    from simulator.engine.world_simulator import WorldSimulator\n")
+    assert "simulator.engine.world_simulator" in imported_modules(bad)

@@ -49,8 +49,8 @@ from worldsim.io.files import PARTIAL, file_sha256, write_json
 
 
 class LatentActionEncoder(Protocol):
-    """What the writer needs of a latent action model; `simulator.lam.LatentActionModel` fits.
-    Duck-typed because tokenizer/ never imports simulator/."""
+    """What the writer needs of a latent action model (`simulator.models.lam.LatentActionModel`
+    fits). Duck-typed because tokenizer/ never imports simulator/."""
 
     @property
     def num_actions(self) -> int: ...

@@ -68,7 +68,9 @@ def _data_tokenize(args: argparse.Namespace) -> int:
     tokenizer = VideoTokenizer.from_pretrained(args.checkpoint).to(device)
     lam = None
     if args.lam:
-        from simulator.lam import LatentActionModel  # the CLI may join stages; tokenizer/ may not
+        from simulator.models.lam import (
+            LatentActionModel,  # the CLI may join stages; tokenizer/ may not
+        )
 
         lam = LatentActionModel.from_pretrained(args.lam).to(device)
     report = tokenize_shards(
@@ -116,13 +118,13 @@ def _tokenizer_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
 
 
 def _lam_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
-    from simulator.lam_task import lam_task
+    from simulator.tasks.lam_task import lam_task
 
     return lam_task(preset, overrides)
 
 
 def _dynamics_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
-    from simulator.dynamics_task import dynamics_task
+    from simulator.tasks.dynamics_task import dynamics_task
 
     return dynamics_task(preset, overrides)
 
@@ -160,7 +162,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _rollout(args: argparse.Namespace) -> int:
-    from simulator.rollout import rollout
+    from simulator.engine.rollout import rollout
 
     result = rollout(
         args.actions, args.out, checkpoint=args.checkpoint, prompt=args.prompt, steps=args.steps,
@@ -187,7 +189,7 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from simulator.world_checkpoint import pack_world
+    from simulator.world.checkpoint import pack_world
 
     names = args.action_names.split(",") if args.action_names else None
     path, spec = pack_world(

@@ -63,7 +63,7 @@ def _eval_keys(args: argparse.Namespace) -> int:
     import torch
 
     from data_pipeline.loader import LoaderConfig, ShardLoader
-    from simulator.engine import EngineConfig, WorldSimulator
+    from simulator.engine.world_simulator import EngineConfig, WorldSimulator
     from simulator.evaluation.keys import write_held_keys
 
     engine = WorldSimulator.from_pretrained(args.world, EngineConfig(device=args.device))
@@ -83,11 +83,11 @@ def _eval_keys(args: argparse.Namespace) -> int:
 
 def _eval_world(args: argparse.Namespace) -> int:
     from data_pipeline.loader import LoaderConfig, ShardLoader
-    from simulator.engine import EngineConfig, WorldSimulator
+    from simulator.engine.world_simulator import EngineConfig, WorldSimulator
     from simulator.evaluation.figures import write_action_sheet
     from simulator.evaluation.world import WorldEvalConfig, evaluate_world
     from simulator.evaluation.world_report import write_world_outputs
-    from simulator.world_checkpoint import load_world
+    from simulator.world.checkpoint import load_world
 
     world = load_world(args.world, device=args.device)
     sampling = world.spec.sampling.override(  # what players get, unless a flag says otherwise

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from simulator.dynamics import DynamicsModel
+from simulator.models.dynamics import DynamicsModel
 
 # Curves of a world's evaluation: the ceiling, the do-nothing baseline, and the action streams.
 TOKENIZER, COPY = "tokenizer", "copy_first_frame"

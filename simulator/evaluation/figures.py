@@ -15,7 +15,7 @@ from einops import rearrange
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from simulator.engine import WorldSimulator
+from simulator.engine.world_simulator import WorldSimulator
 from simulator.evaluation.actions import (
     COPY,
     LAM,

@@ -16,7 +16,7 @@ from einops import rearrange
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from simulator.engine import WorldSimulator
+from simulator.engine.world_simulator import WorldSimulator
 from simulator.evaluation.figures import held_action_rollouts
 from worldsim.io.media import to_uint8_clips, write_grid_png, write_side_by_side_mp4
 

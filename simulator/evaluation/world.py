@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from data_pipeline.loader import Batch
-from simulator.dynamics import DynamicsModel
-from simulator.engine import EngineConfig, WorldSimulator
+from simulator.engine.sampling_config import SamplingConfig
+from simulator.engine.world_simulator import EngineConfig, WorldSimulator
 from simulator.evaluation.actions import (
     ACTION_DRAW,
     COPY,
@@ -53,9 +53,9 @@ from simulator.evaluation.metrics import (
     mutual_information_bits,
 )
 from simulator.evaluation.world_report import WorldReport
-from simulator.lam import LatentActionModel
-from simulator.sampling_config import SamplingConfig
-from simulator.world_spec import WorldActionSpace, WorldSpec, discrete_space
+from simulator.models.dynamics import DynamicsModel
+from simulator.models.lam import LatentActionModel
+from simulator.world.spec import WorldActionSpace, WorldSpec, discrete_space
 from tokenizer.model import VideoTokenizer
 from worldsim.io.media import to_uint8_clips
 

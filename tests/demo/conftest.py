@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from demo.handlers import PlayHandlers, Settings
-from simulator.dynamics import DynamicsModel
-from simulator.dynamics_config import dynamics_preset
-from simulator.engine import WorldSimulator
-from simulator.sampling_config import SamplingConfig
-from simulator.world_checkpoint import save_world
-from simulator.world_spec import WorldActionSpace, WorldSpec
+from simulator.engine.sampling_config import SamplingConfig
+from simulator.engine.world_simulator import WorldSimulator
+from simulator.models.dynamics import DynamicsModel
+from simulator.models.dynamics_config import dynamics_preset
+from simulator.world.checkpoint import save_world
+from simulator.world.spec import WorldActionSpace, WorldSpec
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from demo.controls import controls_for
-from simulator.world_spec import WorldActionSpace
+from simulator.world.spec import WorldActionSpace
 
 COINRUN = [
     "LEFT+DOWN",

@@ -83,9 +83,9 @@ def test_packaged_preset_resolves_and_unknown_lists_available() -> None:
 
 def test_a_recipe_named_like_a_model_preset_trains_that_preset() -> None:
     """`--config base` trains the `base` model, in every group: names mean one thing."""
-    from simulator.dynamics_config import PRESETS as DYNAMICS
     from simulator.evaluation.idm import PRESETS as IDM
-    from simulator.lam_config import PRESETS as LAM
+    from simulator.models.dynamics_config import PRESETS as DYNAMICS
+    from simulator.models.lam_config import PRESETS as LAM
     from tokenizer.config import PRESETS as TOKENIZER
 
     groups = {"tokenizer": TOKENIZER, "lam": LAM, "dynamics": DYNAMICS, "idm": IDM}

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import worldsim.worlds
-from simulator.rollout import rollout
-from simulator.world_spec import read_world_spec
+from simulator.engine.rollout import rollout
+from simulator.world.spec import read_world_spec
 from worldsim.worlds import shipped_world
 
 CHECKPOINTS = Path(__file__).parents[2] / "checkpoints"

@@ -3,7 +3,7 @@
 `shipped_world()` is the folder of the default world (what `worldsim play` and `worldsim rollout`
 use when given no world), after checking every file against the sha256 pinned in its
 `SHA256SUMS`: a damaged or half-copied install fails with a message naming the file, instead of
-playing garbage. A world folder is the format of simulator/world_checkpoint.py; shipped worlds
+playing garbage. A world folder is the format of simulator/world/checkpoint.py; shipped worlds
 add `starts/` (start frames of held-out levels, described in `starts/starts.json`).
 
 The CoinRun world is the packed release of checkpoints/tokenizer_coinrun_hard and

@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from simulator.dynamics import DynamicsModel
-from simulator.dynamics_config import dynamics_preset
-from simulator.engine import WorldSimulator
+from simulator.engine.sampling_config import SamplingConfig
+from simulator.engine.world_simulator import WorldSimulator
 from simulator.evaluation.keys import held_key_actions, write_held_keys
-from simulator.sampling_config import SamplingConfig
-from simulator.world_spec import WorldActionSpace, WorldSpec
+from simulator.models.dynamics import DynamicsModel
+from simulator.models.dynamics_config import dynamics_preset
+from simulator.world.spec import WorldActionSpace, WorldSpec
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
 

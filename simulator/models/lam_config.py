@@ -41,10 +41,11 @@ class LAMConfig(FrameGridConfig):
     # than the tokenizer's buys steps on CPU.
     patch_size: int = 8
     encoder_depth: int = 2  # causal ST blocks before the action read-out
-    # What the decoder sees besides the action (simulator.lam.DECODER_CONTEXTS). "last_frame":
-    # only frame t when predicting frame t+1, a tighter bottleneck than Genie's "all_frames"
-    # (the 2-frame decoder of AdaWorld, Gao et al. 2025): the decoder cannot extrapolate motion from
-    # history, so all of the change, and hence the control, must pass through the action.
+    # What the decoder sees besides the action (simulator.models.lam.DECODER_CONTEXTS).
+    # "last_frame": only frame t when predicting frame t+1, a tighter bottleneck than Genie's
+    # "all_frames" (the 2-frame decoder of AdaWorld, Gao et al. 2025): the decoder cannot
+    # extrapolate motion from history, so all of the change, and hence the control, must pass
+    # through the action.
     decoder_context: str = "last_frame"
     # Predict frame t+1 as frame t plus a decoded change: copying is free, so the decoder's
     # capacity and the action's few bits go to what moved.

@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 
 from data_pipeline.loader import LoaderConfig, ShardLoader
-from simulator.dynamics import DynamicsModel
+from simulator.engine.sampling_config import SamplingConfig
 from simulator.evaluation.world import WorldEvalConfig, evaluate_world
-from simulator.lam import LatentActionModel
-from simulator.sampling_config import SamplingConfig
+from simulator.models.dynamics import DynamicsModel
+from simulator.models.lam import LatentActionModel
 from tokenizer.model import VideoTokenizer
 
-RELEASED = Path(__file__).parents[2] / "checkpoints"
+RELEASED = Path(__file__).parents[3] / "checkpoints"
 
 
 def test_released_world_model_is_steered_by_latent_actions(heldout_coinrun: Path) -> None:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulator.dynamics import DynamicsModel
-from simulator.lam import LatentActionModel
-from simulator.world_spec import (
+from simulator.models.dynamics import DynamicsModel
+from simulator.models.lam import LatentActionModel
+from simulator.world.spec import (
     WORLD_FILE,
     WorldActionSpace,
     WorldSpec,

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 import webdataset as wds
 from accelerate.state import AcceleratorState
 
-import simulator.dynamics_task as dynamics_task_module
+import simulator.tasks.dynamics_task as dynamics_task_module
 from data_pipeline.action_effects import ActionEffects
 from data_pipeline.token_shards import TokenClip, encode_token_sample
-from simulator.dynamics import ActionInputs, DynamicsModel
-from simulator.dynamics_config import DynamicsConfig, dynamics_preset
-from simulator.dynamics_task import (
+from simulator.models.dynamics import ActionInputs, DynamicsModel
+from simulator.models.dynamics_config import DynamicsConfig, dynamics_preset
+from simulator.tasks.dynamics_task import (
     DynamicsTrainConfig,
     batch_actions,
     dynamics_task,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from simulator.dynamics import ActionInputs, DynamicsModel
-from simulator.dynamics_config import dynamics_preset
-from simulator.engine import EngineConfig, WorldSimulator, WorldState
-from simulator.sampling import SamplingConfig, rollout_tokens
+from simulator.engine.sampling import SamplingConfig, rollout_tokens
+from simulator.engine.world_simulator import EngineConfig, WorldSimulator, WorldState
+from simulator.models.dynamics import ActionInputs, DynamicsModel
+from simulator.models.dynamics_config import dynamics_preset
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
 from worldsim.nn.kv_cache import window_start

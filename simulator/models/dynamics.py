@@ -6,8 +6,8 @@ spatiotemporal transformer that is causal in time, and mapped to logits over the
 Action a_t is taken after frame t, so it is added to every token of frame t+1: the masked tokens
 of t+1 must see a_t within their own frame (Jafar #14, Jasmine #122); frame 0 gets a learned
 "no action" embedding instead. Training masks a random share of tokens of frames 1..T-1 (rate
-~ U(0.5, 1) per clip) and scores only the masked ones; sampling (simulator/sampling.py) unmasks
-a new frame in a few parallel steps.
+~ U(0.5, 1) per clip) and scores only the masked ones; sampling (simulator/engine/sampling.py)
+unmasks a new frame in a few parallel steps.
 
 The forward is split as embed -> transform -> head so that a KV-cached engine can feed one frame
 at a time through `STTransformer.forward_with_kv` with the same embedding and head.
@@ -30,7 +30,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from simulator.dynamics_config import DynamicsConfig
+from simulator.models.dynamics_config import DynamicsConfig
 from worldsim.nn.pretrained import PretrainedModel
 from worldsim.nn.st_block import STTransformer
 

@@ -15,14 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from simulator.dynamics import DynamicsModel
-from simulator.dynamics_config import dynamics_preset
-from simulator.engine import EngineConfig, WorldSimulator
-from simulator.prompt import LoadedPrompt, prompt_and_actions
-from simulator.rollout import rollout
-from simulator.sampling_config import SamplingConfig
-from simulator.world_checkpoint import load_world, pack_world, save_world
-from simulator.world_spec import WorldActionSpace, WorldSpec, parse_actions
+from simulator.engine.prompt import LoadedPrompt, prompt_and_actions
+from simulator.engine.rollout import rollout
+from simulator.engine.sampling_config import SamplingConfig
+from simulator.engine.world_simulator import EngineConfig, WorldSimulator
+from simulator.models.dynamics import DynamicsModel
+from simulator.models.dynamics_config import dynamics_preset
+from simulator.world.checkpoint import load_world, pack_world, save_world
+from simulator.world.spec import WorldActionSpace, WorldSpec, parse_actions
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
 from worldsim.cli import main
@@ -150,8 +150,8 @@ def test_rollout_checks_its_arguments_before_loading_anything(world: str, tmp_pa
     def no_loading(*args, **kwargs):
         raise AssertionError("loaded before the arguments were checked")
 
-    monkeypatch.setattr("simulator.world_checkpoint.load_world", no_loading)
-    monkeypatch.setattr("simulator.prompt.load_prompt", no_loading)
+    monkeypatch.setattr("simulator.world.checkpoint.load_world", no_loading)
+    monkeypatch.setattr("simulator.engine.prompt.load_prompt", no_loading)
     out = str(tmp_path / "r.gif")
     with pytest.raises(ValueError, match="action 7 is outside the action space"):
         rollout("0,7", out, checkpoint=world, prompt="start.png")
@@ -160,7 +160,9 @@ def test_rollout_checks_its_arguments_before_loading_anything(world: str, tmp_pa
     with pytest.raises(FileNotFoundError, match="no world in .*worldsim pack"):
         rollout("0", out, checkpoint=str(tmp_path), prompt="start.png")
     # The command module itself loads no torch: a refusal comes before seconds of imports.
-    code = "import sys, simulator.rollout; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys, simulator.engine.rollout; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from data_pipeline.loader import LoaderConfig, ShardLoader
+from simulator.engine.sampling_config import SamplingConfig
 from simulator.evaluation.world import WorldEvalConfig, evaluate_world
-from simulator.sampling_config import SamplingConfig
-from simulator.world_checkpoint import load_world
+from simulator.world.checkpoint import load_world
 from worldsim.worlds import shipped_world
 
 # Measured on this fixture at release: 24.55 dB and +2.81 dB; the single-theme world it replaced

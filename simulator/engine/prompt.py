@@ -27,7 +27,7 @@ from data_pipeline.shard_source import iter_shard_samples
 from data_pipeline.video import MEDIA_ERRORS, BadVideo, decode_size, probe_frame_size
 
 if TYPE_CHECKING:
-    from simulator.engine import WorldSimulator
+    from simulator.engine.world_simulator import WorldSimulator
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 PROMPT_DECODE_SIDE = 256  # short side videos are decoded at (see _video_frames)

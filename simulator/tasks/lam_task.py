@@ -16,8 +16,8 @@ from einops import rearrange, repeat
 from torch import Tensor
 
 from data_pipeline.loader import Batch, FrameShardBatches, LoaderConfig
-from simulator.lam import LAMOutput, LatentActionModel
-from simulator.lam_config import LAMConfig, lam_preset
+from simulator.models.lam import LAMOutput, LatentActionModel
+from simulator.models.lam_config import LAMConfig, lam_preset
 from worldsim.config import load_config, preset_fields
 from worldsim.io.media import to_uint8_clips, write_grid_png
 from worldsim.train import TrainConfig
@@ -27,7 +27,7 @@ SHEET_CLIPS = 4  # start frames in the pictures
 
 @dataclass
 class LAMTrainConfig:
-    preset: str = "coinrun"  # model preset in simulator.lam_config.PRESETS
+    preset: str = "coinrun"  # model preset in simulator.models.lam_config.PRESETS
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
     data: LoaderConfig = field(default_factory=LoaderConfig)  # training frame shards
     # Held-out shards for evaluation and pictures ("" = none); read in stored order.

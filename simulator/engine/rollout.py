@@ -5,8 +5,8 @@
 
 Without `--checkpoint` the world is the one shipped in the package (worldsim.worlds), and
 without `--prompt` the world's first start frame (`WORLD/starts/`). The prompt is an image, a
-video or a shard sample (simulator.prompt.load_prompt); a clip keeps what
-`simulator.prompt.prompt_and_actions` keeps. The video (`.mp4` or `.gif`) shows the decoded
+video or a shard sample (simulator.engine.prompt.load_prompt); a clip keeps what
+`simulator.engine.prompt.prompt_and_actions` keeps. The video (`.mp4` or `.gif`) shows the decoded
 prompt frames, then one frame per action, enlarged by pixel repetition.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from simulator.sampling_config import SamplingConfig
-from simulator.world_spec import parse_actions, read_world_spec
+from simulator.engine.sampling_config import SamplingConfig
+from simulator.world.spec import parse_actions, read_world_spec
 from worldsim.io.media import VIDEO_WRITERS
 from worldsim.worlds import shipped_world
 
@@ -75,8 +75,8 @@ def rollout(
     ids = parse_actions(actions, spec.action_space)
     sampling = spec.sampling.override(steps=steps, temperature=temperature, guidance=guidance)
     prompt = prompt if prompt is not None else str(default_prompt(world))
-    from simulator.engine import EngineConfig, WorldSimulator
-    from simulator.prompt import load_prompt, prompt_and_actions
+    from simulator.engine.prompt import load_prompt, prompt_and_actions
+    from simulator.engine.world_simulator import EngineConfig, WorldSimulator
     from worldsim.io.media import to_uint8_clips, write_video
 
     loaded = load_prompt(prompt)

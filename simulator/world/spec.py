@@ -1,6 +1,6 @@
 """`world.json`: how a player steers a world folder (its action space, default sampling, window
 hop). Plain dataclasses and JSON, so commands and the app can read a world's spec and check a
-player's actions before any model or torch loads; simulator/world_checkpoint.py holds the models.
+player's actions before any model or torch loads; simulator/world/checkpoint.py holds the models.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_pipeline.action_effects import group_of
-from simulator.sampling_config import SamplingConfig
+from simulator.engine.sampling_config import SamplingConfig
 from worldsim.config import from_dict
 
 if TYPE_CHECKING:
-    from simulator.dynamics import DynamicsModel
-    from simulator.lam import LatentActionModel
+    from simulator.models.dynamics import DynamicsModel
+    from simulator.models.lam import LatentActionModel
 
 WORLD_FILE = "world.json"
 FORMAT_VERSION = 1

@@ -1,4 +1,5 @@
-"""simulator.lam: the latent action model, its bottleneck, save/load, input checks, training."""
+"""simulator.models.lam: the latent action model, its bottleneck, save/load, input checks,
+training."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import webdataset as wds
 
 from data_pipeline.loader import LoaderConfig
 from data_pipeline.schema import Clip, encode_sample
-from simulator.lam import LatentActionModel
-from simulator.lam_config import PRESETS, LAMConfig, lam_preset
-from simulator.lam_task import LAMTask, LAMTrainConfig, action_sheet, lam_task
+from simulator.models.lam import LatentActionModel
+from simulator.models.lam_config import PRESETS, LAMConfig, lam_preset
+from simulator.tasks.lam_task import LAMTask, LAMTrainConfig, action_sheet, lam_task
 from worldsim.config import preset_path
 from worldsim.train import train
 

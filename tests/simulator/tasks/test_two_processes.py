@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from simulator.dynamics import DynamicsModel
-from simulator.lam import LatentActionModel
-from tests.simulator.test_dynamics import write_token_shards
-from tests.simulator.test_lam import write_toy_shards
+from simulator.models.dynamics import DynamicsModel
+from simulator.models.lam import LatentActionModel
+from tests.simulator.models.test_dynamics import write_token_shards
+from tests.simulator.models.test_lam import write_toy_shards
 
 MODELS = {"lam": LatentActionModel, "dynamics": DynamicsModel}
 

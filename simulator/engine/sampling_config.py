@@ -1,5 +1,6 @@
 """How MaskGIT samples a frame (`SamplingConfig`): a plain dataclass that commands, world folders
-and the app validate before any model or torch loads. The sampler is simulator/sampling.py."""
+and the app validate before any model or torch loads. The sampler is
+simulator/engine/sampling.py."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class SamplingConfig:
     steps: int = 8  # MaskGIT steps per frame; Genie uses 25, fewer are faster on CPU
     temperature: float = 1.0  # softmax temperature; 0 takes the most likely code (greedy)
     schedule: str = "cosine"  # a key of SCHEDULES
-    order: str = "random"  # "random" or "confidence" (see simulator/sampling.py)
+    order: str = "random"  # "random" or "confidence" (see simulator/engine/sampling.py)
     # Classifier-free guidance on the actions: logits_free + guidance * (logits - logits_free),
     # where logits_free hide the new frame's action. 1 is off; above 1 a step costs a second
     # forward pass and needs a model trained with action_dropout > 0.

@@ -13,8 +13,8 @@ runs once more to keep its keys/values, and the decoder turns it into pixels in 
 pass. Both models learn absolute temporal positions for `max_frames` frames, so the context is a
 window that jumps by `hop` frames when full, with the caches rebuilt once from the kept frames
 (worldsim.nn.kv_cache.frames_to_drop). `EngineConfig(kv_cache=False)` is the uncached
-reference: it re-runs each whole window under the same rule (simulator/sampling.py), and gives the
-same tokens for the same seed.
+reference: it re-runs each whole window under the same rule (simulator/engine/sampling.py), and
+gives the same tokens for the same seed.
 
 States are values: `step` returns a new state and never changes the one it was given, so a
 failed step leaves its input usable, and stepping twice from one state branches the world.
@@ -36,18 +36,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from simulator.dynamics import ActionInputs, DynamicsModel
-from simulator.lam import LatentActionModel
-from simulator.prompt import prompt_frames
-from simulator.sampling import (
+from simulator.engine.prompt import prompt_frames
+from simulator.engine.sampling import (
     SamplingConfig,
     commit_frame,
     prefill_cache,
     sample_next_frame,
     sample_next_frame_cached,
 )
-from simulator.world_checkpoint import load_world
-from simulator.world_spec import WorldSpec
+from simulator.models.dynamics import ActionInputs, DynamicsModel
+from simulator.models.lam import LatentActionModel
+from simulator.world.checkpoint import load_world
+from simulator.world.spec import WorldSpec
 from tokenizer.model import DecodeState, VideoTokenizer
 from worldsim.nn.attention import set_attention_backend, set_query_by_query
 from worldsim.nn.kv_cache import KVCache, check_hop, frames_to_drop
@@ -144,7 +144,7 @@ class WorldSimulator:
     def from_pretrained(
         cls, path: str | os.PathLike[str], cfg: EngineConfig | None = None
     ) -> WorldSimulator:
-        """Load a world folder written by `simulator.world_checkpoint.save_world`."""
+        """Load a world folder written by `simulator.world.checkpoint.save_world`."""
         world = load_world(path, device=(cfg or EngineConfig()).device)
         return cls(world.tokenizer, world.dynamics, world.spec, cfg, world.lam)
 
@@ -154,7 +154,7 @@ class WorldSimulator:
         return min(self.dynamics.cfg.max_frames - 1, self.tokenizer.cfg.max_frames)
 
     def reset(self, prompt: Any, prompt_actions: Any = None, seed: int | None = None) -> WorldState:
-        """Start B worlds from prompt frames or an image (see simulator.prompt.prompt_frames).
+        """Start B worlds from prompt frames or an image (simulator.engine.prompt.prompt_frames).
 
         A prompt of T > 1 frames needs the T - 1 actions taken between them: `prompt_actions`
         (B, T-1) ids, or, for latent action worlds with a LAM, inferred from the frames. Longer

@@ -23,8 +23,8 @@ from einops import rearrange, repeat
 
 from data_pipeline.action_effects import group_of, measure_action_effects
 from data_pipeline.token_shards import TokenBatch, TokenIdentity, TokenLoader, TokenLoaderConfig
-from simulator.dynamics import ActionInputs, DynamicsModel, DynamicsOutput
-from simulator.dynamics_config import DynamicsConfig, dynamics_preset
+from simulator.models.dynamics import ActionInputs, DynamicsModel, DynamicsOutput
+from simulator.models.dynamics_config import DynamicsConfig, dynamics_preset
 from worldsim.config import load_config, preset_fields
 from worldsim.io.media import write_grid_png
 from worldsim.train import TrainConfig
@@ -35,7 +35,7 @@ PICTURE_SCALE = 4  # pixels per token side, so a 16x16 map is drawn 64x64
 
 @dataclass
 class DynamicsTrainConfig:
-    preset: str = "coinrun"  # model preset in simulator.dynamics_config.PRESETS
+    preset: str = "coinrun"  # model preset in simulator.models.dynamics_config.PRESETS
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
     data: TokenLoaderConfig = field(default_factory=TokenLoaderConfig)  # training token shards
     # Held-out token shards for evaluation and pictures ("" = none); read in stored order.

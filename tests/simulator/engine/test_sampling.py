@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from simulator.dynamics import ActionInputs, DynamicsModel
-from simulator.dynamics_config import dynamics_preset
-from simulator.sampling import (
+from simulator.engine.sampling import (
     SCHEDULES,
     SamplingConfig,
     masked_counts,
     rollout_tokens,
     sample_next_frame,
 )
+from simulator.models.dynamics import ActionInputs, DynamicsModel
+from simulator.models.dynamics_config import dynamics_preset
 from worldsim.nn.attention import set_query_by_query
 
 B, G, CODES, LATENT = 2, 4, 125, 4

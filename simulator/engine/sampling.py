@@ -5,9 +5,9 @@ samples a code for each, and keeps a schedule-determined number of them; the res
 for the next step. `rollout_tokens` repeats this frame after frame. Uncached, it re-runs the whole
 context each step: the ground truth. With `kv_cache=True` it keeps the context's temporal
 keys/values (`prefill_cache`, `sample_next_frame_cached`, `commit_frame`, which the interactive
-engine in simulator/engine.py uses too) and runs the same `unmask_frame` loop on cached logits, so
-a step costs one frame; with query-by-query attention (`worldsim.nn.attention.set_query_by_query`)
-both give identical tokens.
+engine in simulator/engine/world_simulator.py uses too) and runs the same `unmask_frame` loop on
+cached logits, so a step costs one frame; with query-by-query attention
+(`worldsim.nn.attention.set_query_by_query`) both give identical tokens.
 
 Unmasking order: "random" (the default) keeps uniformly chosen positions; "confidence" keeps the
 sampled tokens the model was surest of, as in MaskGIT. On video, confidence order tends to copy the
@@ -28,8 +28,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from simulator.dynamics import ActionInputs, DynamicsModel
-from simulator.sampling_config import SCHEDULES, SamplingConfig
+from simulator.engine.sampling_config import SCHEDULES, SamplingConfig
+from simulator.models.dynamics import ActionInputs, DynamicsModel
 from worldsim.nn.kv_cache import KVCache, activation_dtype, check_hop, window_start
 
 

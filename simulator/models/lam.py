@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
-from simulator.lam_config import LAMConfig
+from simulator.models.lam_config import LAMConfig
 from tokenizer.model import check_frames, frame_psnr
 from tokenizer.quantizers import build_quantizer, code_statistics
 from worldsim.nn.frames import STEMS, st_transformer
