@@ -50,6 +50,7 @@ class Page:
     steps: gr.Slider
     temperature: gr.Slider
     seed: gr.Number
+    guidance: gr.Slider
     controls: dict[str, Any]  # buttons and inputs by name
 
     @property
@@ -60,7 +61,7 @@ class Page:
     @property
     def knobs(self) -> list[Any]:
         """The inputs that make a `Settings`, in its field order."""
-        return [self.steps, self.temperature, self.seed]
+        return [self.steps, self.temperature, self.seed, self.guidance]
 
 
 def build_app(handlers: PlayHandlers) -> gr.Blocks:
@@ -126,9 +127,15 @@ def _layout(handlers: PlayHandlers) -> Page:
                     0.0, 3.0, value=sampling.temperature, step=0.1, label="temperature"
                 )
                 seed = gr.Number(0, precision=0, label="seed (used on start and restart)")
+                # Shown only for a world trained for it (action_dropout > 0).
+                guidance = gr.Slider(
+                    0.0, 4.0, value=sampling.guidance, step=0.5, visible=handlers.guidable,
+                    label="key guidance (1: off; higher: the keys act more strongly, each frame "
+                    "costs about twice as much)",
+                )  # fmt: skip
     c["step"] = gr.Button("step", elem_id="ws-step", elem_classes=["ws-hidden"])
     c["held"] = gr.Textbox(elem_classes=["ws-hidden"])
-    return Page(session, frame, status, steps, temperature, seed, c)
+    return Page(session, frame, status, steps, temperature, seed, guidance, c)
 
 
 def _wire_play(handlers: PlayHandlers, page: Page) -> None:
@@ -167,8 +174,11 @@ def _wire_play(handlers: PlayHandlers, page: Page) -> None:
 def _wire_starts(handlers: PlayHandlers, page: Page) -> None:
     c, knobs, shown = page.controls, page.knobs, page.shown
 
-    def pick(session: Any, steps: Any, temperature: Any, seed: Any, evt: gr.SelectData) -> Any:
-        return handlers.start_builtin(int(evt.index), Settings(steps, temperature, seed))
+    def pick(
+        session: Any, steps: Any, temperature: Any, seed: Any, guidance: Any, evt: gr.SelectData
+    ) -> Any:
+        settings = Settings(steps, temperature, seed, guidance)
+        return handlers.start_builtin(int(evt.index), settings)
 
     picked = c["gallery"].select(_shown(pick), [page.session, *knobs], shown, **ENGINE)
     chosen = c["clips"].input(

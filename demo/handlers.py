@@ -7,7 +7,6 @@ player can fix raises `PlayError`, and no handler touches another player's sessi
 from __future__ import annotations
 
 import base64
-import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
@@ -38,24 +37,24 @@ class View:
 
 @dataclass(frozen=True)
 class Settings:
-    """The advanced panel: MaskGIT steps and temperature of the next frames, the seed of the
-    next (re)start."""
+    """The advanced panel: MaskGIT steps, temperature and key guidance of the next frames, the
+    seed of the next (re)start."""
 
     steps: int
     temperature: float
     seed: int
+    guidance: float | None = None  # None: the world's own (world.json)
 
     def sampling(self, base: SamplingConfig) -> SamplingConfig:
         try:
             steps, temperature = int(self.steps), float(self.temperature)
+            guidance = None if self.guidance is None else float(self.guidance)
         except (TypeError, ValueError) as err:
-            raise PlayError(f"steps and temperature must be numbers: {err}") from err
-        sampling = dataclasses.replace(base, steps=steps, temperature=temperature)
+            raise PlayError(f"steps, temperature and guidance must be numbers: {err}") from err
         try:
-            sampling.validate()
+            return base.override(steps=steps, temperature=temperature, guidance=guidance)
         except ValueError as err:
             raise PlayError(str(err)) from err
-        return sampling
 
 
 class PlayHandlers:
@@ -72,6 +71,21 @@ class PlayHandlers:
     @property
     def default_sampling(self) -> SamplingConfig:
         return self.engine.sampling
+
+    @property
+    def guidable(self) -> bool:
+        """Whether the world's dynamics learned the action-free prediction guidance needs."""
+        return self.engine.dynamics.cfg.action_dropout > 0
+
+    def sampling(self, settings: Settings) -> SamplingConfig:
+        """The world's sampling with the player's settings applied."""
+        sampling = settings.sampling(self.default_sampling)
+        if sampling.guidance != 1 and not self.guidable:
+            raise PlayError(
+                "this world's dynamics was not trained for key guidance (action_dropout 0): "
+                "keep guidance at 1"
+            )
+        return sampling
 
     # -- starting ---------------------------------------------------------------------------
     def start_builtin(self, index: int, settings: Settings) -> tuple[PlaySession, View]:
@@ -108,7 +122,7 @@ class PlayHandlers:
         session = self._require(session)
         if not 0 <= action < self.engine.action_space.n:
             raise PlayError(f"action {action} is not one of this world's actions")
-        session.step(action, settings.sampling(self.default_sampling))
+        session.step(action, self.sampling(settings))
         return session, self.view(session)
 
     def undo(self, session: PlaySession | None) -> tuple[PlaySession, View]:
@@ -138,7 +152,7 @@ class PlayHandlers:
         shown = self.preview_actions()
         previews: dict[int, np.ndarray] = {}
         if session is not None:
-            sampling = settings.sampling(self.default_sampling)
+            sampling = self.sampling(settings)
             previews = dict(zip(shown, session.preview(shown, sampling), strict=True))
         rows = []
         for action in shown:

@@ -169,3 +169,16 @@ def test_uploads_start_a_world_or_are_refused_with_a_message(handlers, tmp_path,
         handlers.start_upload(str(save_image(tmp_path / "b.png", 16, 16)), SETTINGS)
     with pytest.raises(PlayError, match="not one of the shard clips offered"):
         handlers.start_shard_clip("/etc/passwd#x", SETTINGS)
+
+
+def test_key_guidance_is_a_setting_only_for_a_world_trained_for_it(handlers: PlayHandlers) -> None:
+    base = handlers.default_sampling
+    assert SETTINGS.sampling(base).guidance == base.guidance  # None keeps the world's own
+    assert dataclasses.replace(SETTINGS, guidance=2.5).sampling(base).guidance == 2.5
+    with pytest.raises(PlayError, match="must be numbers"):
+        dataclasses.replace(SETTINGS, guidance="strong").sampling(base)
+    session, _ = handlers.start_builtin(0, SETTINGS)
+    assert not handlers.guidable  # the tiny world was trained without action_dropout
+    with pytest.raises(PlayError, match="not trained for key guidance"):
+        handlers.step(1, session, dataclasses.replace(SETTINGS, guidance=2.0))
+    assert session.steps == []
