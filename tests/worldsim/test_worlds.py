@@ -3,6 +3,7 @@ steered by CoinRun's own keys, and playable with no arguments."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -22,11 +23,17 @@ def test_the_shipped_world_is_the_packed_release_of_the_checkpoints() -> None:
     weights = "diffusion_pytorch_model.safetensors"
     for part, release in (
         ("tokenizer", "tokenizer_coinrun_hard"),
-        ("dynamics", "dynamics_coinrun_play"),
+        ("dynamics", "dynamics_coinrun_guided"),
     ):
         shipped = (world / part / weights).read_bytes()
         assert shipped == (CHECKPOINTS / release / weights).read_bytes(), part
-    space = read_world_spec(world).action_space
+    # Trained for key guidance (the play page's slider), sampled without it by default: guidance
+    # runs the model twice a MaskGIT step, which would halve the frame rate.
+    dynamics_cfg = json.loads((world / "dynamics" / "config.json").read_text())["cfg"]
+    assert dynamics_cfg["action_dropout"] > 0
+    spec = read_world_spec(world)
+    assert spec.sampling.guidance == 1.0
+    space = spec.action_space
     assert space.type == "discrete" and space.n == 6  # CoinRun's 6 effects, not its 15 ids
     assert space.names == ["LEFT", "LEFT+UP", "NOOP", "UP", "RIGHT", "RIGHT+UP"]
     assert space.from_game([1, 7, 8, 13]).tolist() == [0, 4, 5, 2]  # LEFT, RIGHT, RIGHT+UP, NOOP
