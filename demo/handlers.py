@@ -74,17 +74,16 @@ class PlayHandlers:
 
     @property
     def guidable(self) -> bool:
-        """Whether the world's dynamics learned the action-free prediction guidance needs."""
-        return self.engine.dynamics.cfg.action_dropout > 0
+        """Whether the world's dynamics can be sampled with key guidance (the slider shows)."""
+        return self.engine.dynamics.cfg.guidable
 
     def sampling(self, settings: Settings) -> SamplingConfig:
         """The world's sampling with the player's settings applied."""
         sampling = settings.sampling(self.default_sampling)
-        if sampling.guidance != 1 and not self.guidable:
-            raise PlayError(
-                "this world's dynamics was not trained for key guidance (action_dropout 0): "
-                "keep guidance at 1"
-            )
+        try:
+            self.engine.dynamics.cfg.check_guidance(sampling.guidance)
+        except ValueError as err:
+            raise PlayError(str(err)) from err
         return sampling
 
     # -- starting ---------------------------------------------------------------------------

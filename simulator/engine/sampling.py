@@ -132,14 +132,9 @@ def guided(logits_fn: ActionLogitsFn, guidance: float, model: DynamicsModel) -> 
     Guidance 1 is the plain conditional logits (one forward pass a step).
 
     References: Ho & Salimans 2022, "Classifier-Free Diffusion Guidance"."""
+    model.cfg.check_guidance(guidance)
     if guidance == 1:
         return lambda frame_BN, masked_BN: logits_fn(frame_BN, masked_BN, False)
-    if model.cfg.action_dropout == 0:
-        raise ValueError(
-            f"guidance {guidance} needs a dynamics model trained with action_dropout > 0 (it "
-            "learns the action-free prediction guidance contrasts against); this one has 0: "
-            "sample with guidance 1"
-        )
 
     def logits(frame_BN: Tensor, masked_BN: Tensor) -> Tensor:
         free_BNV = logits_fn(frame_BN, masked_BN, True)

@@ -62,6 +62,20 @@ class DynamicsConfig:
     gradient_checkpointing: bool = False  # recompute block activations in backward (memory)
 
     @property
+    def guidable(self) -> bool:
+        """Whether the model learned the action-free prediction that guidance contrasts against."""
+        return self.action_dropout > 0
+
+    def check_guidance(self, guidance: float) -> None:
+        """ValueError when sampling at `guidance` (1: off) needs training this model lacks."""
+        if guidance != 1 and not self.guidable:
+            raise ValueError(
+                f"guidance {guidance} needs a dynamics model trained with action_dropout > 0 (it "
+                "learns the action-free prediction guidance contrasts against); this one was not "
+                "trained for key guidance: sample with guidance 1"
+            )
+
+    @property
     def mask_id(self) -> int:
         """Input id of a masked token: one past the codebook."""
         return self.num_codes

@@ -108,4 +108,5 @@ def pack_world(
     if action_names:
         spec.action_space.names = list(action_names)
     spec.sampling = spec.sampling.override(steps=steps, temperature=temperature, guidance=guidance)
+    dynamics.cfg.check_guidance(spec.sampling.guidance)  # before writing a world that cannot play
     return save_world(out, tokenizer, dynamics, lam, spec), spec

@@ -231,6 +231,16 @@ def test_pack_command_bundles_parts_the_rollout_command_plays(tmp_path, capsys) 
     assert "steers 'latent' actions" in capsys.readouterr().err
 
 
+def test_pack_refuses_guidance_for_a_model_not_trained_for_it(tmp_path, capsys) -> None:
+    tokenizer, dynamics = models(action_sources=["discrete"], num_discrete_actions=3)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    dynamics.save_pretrained(tmp_path / "dyn")
+    args = ["pack", "--tokenizer", str(tmp_path / "tok"), "--dynamics", str(tmp_path / "dyn")]
+    assert main([*args, "--out", str(tmp_path / "w"), "--guidance", "2"]) == 2
+    assert "not trained for key guidance" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 def test_a_world_steered_by_effect_classes_maps_the_games_ids(tmp_path) -> None:
     """A dynamics trained on effect classes (3 classes of 5 game ids) packs into a world whose
     keys are the classes, and a shard clip's game ids start it as classes."""
