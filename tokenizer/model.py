@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from tokenizer.config import TokenizerConfig
-from tokenizer.quantizers import build_quantizer
+from tokenizer.quantizers import build_quantizer, code_statistics
 from worldsim.nn.frames import STEMS, st_transformer
 from worldsim.nn.kv_cache import KVCache, activation_dtype, check_hop, frames_to_drop
 from worldsim.nn.pretrained import PretrainedModel
@@ -121,10 +121,20 @@ class VideoTokenizer(PretrainedModel):
         self.head = head(cfg, cfg.decoder_conv_width)
         for pos in (self.enc_pos_space, self.dec_pos_space, self.dec_pos_time):
             nn.init.trunc_normal_(pos, std=0.02)
+        self.tokens_frozen = False  # freeze_tokens(): train the decoder only
 
     @property
     def num_codes(self) -> int:
         return self.quantizer.num_codes
+
+    def freeze_tokens(self) -> None:
+        """Stop training everything that decides the tokens (stem, encoder, quantizer): training
+        then improves only the decoder, and every token, with any dynamics model trained on
+        them, stays valid."""
+        for part in (self.stem, self.encoder, self.pre_quant, self.quantizer):
+            part.requires_grad_(False)
+        self.enc_pos_space.requires_grad_(False)
+        self.tokens_frozen = True
 
     def encode(self, frames_BTCHW: Tensor) -> Tensor:
         """frames float (B, T, C, H, W) in [-1, 1] -> tokens int64 (B, T, h, w)."""
@@ -139,25 +149,40 @@ class VideoTokenizer(PretrainedModel):
         self.check_tokens(tokens_BThw)
         return self._pixels(self._codes(tokens_BThw)).clamp(-1, 1)
 
-    def forward(self, frames_BTCHW: Tensor) -> TokenizerOutput:
-        return self.loss(frames_BTCHW)
+    def forward(self, frames_BTCHW: Tensor, token_noise: float = 0.0) -> TokenizerOutput:
+        return self.loss(frames_BTCHW, token_noise)
 
-    def loss(self, frames_BTCHW: Tensor) -> TokenizerOutput:
+    def loss(self, frames_BTCHW: Tensor, token_noise: float = 0.0) -> TokenizerOutput:
+        """MSE + quantizer terms. `token_noise` (decoder-only training, after `freeze_tokens`):
+        each clip gets a share drawn from U(0, token_noise) of its tokens replaced by random
+        codes, so the decoder learns to render a frame whose tokens are partly wrong, as a
+        dynamics model's sampled tokens are, from their neighbours and the earlier frames."""
         self.check_frames(frames_BTCHW)
-        z = self._latents(frames_BTCHW)
-        # Rounding and code lookup in bf16 would move latents across code boundaries.
-        with torch.autocast(z.device.type, enabled=False):
-            quant = self.quantizer(z.float())
-        recon = self._pixels(quant.quantized).float()
+        if token_noise and not self.tokens_frozen:
+            raise ValueError("token_noise trains the decoder alone: call freeze_tokens() first")
+        if self.tokens_frozen:  # no gradient reaches the encoder: tokenize without a graph
+            with torch.no_grad():
+                indices = self.quantizer.tokenize(self._latents(frames_BTCHW).float())
+                if token_noise > 0:
+                    indices = _replace_tokens(indices, token_noise, self.num_codes)
+            codes, quant_loss = self.quantizer.embed(indices), frames_BTCHW.new_zeros(())
+        else:
+            z = self._latents(frames_BTCHW)
+            # Rounding and code lookup in bf16 would move latents across code boundaries.
+            with torch.autocast(z.device.type, enabled=False):
+                quant = self.quantizer(z.float())
+            indices, codes, quant_loss = quant.indices, quant.quantized, quant.loss
+        recon = self._pixels(codes).float()
         mse = F.mse_loss(recon, frames_BTCHW)
+        usage, perplexity = code_statistics(indices, self.num_codes)
         metrics = {
             "mse": mse.detach(),
             "psnr": frame_psnr(recon.detach(), frames_BTCHW),
-            "quantizer_loss": quant.loss.detach(),
-            "usage": quant.usage,
-            "perplexity": quant.perplexity,
+            "quantizer_loss": quant_loss.detach(),
+            "usage": usage,
+            "perplexity": perplexity,
         }
-        return TokenizerOutput(loss=mse + quant.loss, metrics=metrics, recon=recon.detach())
+        return TokenizerOutput(loss=mse + quant_loss, metrics=metrics, recon=recon.detach())
 
     def _latents(self, frames_BTCHW: Tensor) -> Tensor:
         """(B, T, C, H, W) -> pre-quantisation latents (B, T, h*w, quantizer dim)."""
@@ -252,3 +277,11 @@ class VideoTokenizer(PretrainedModel):
             raise ValueError(
                 f"clips must have 1..{self.cfg.max_frames} frames (max_frames), got {t}"
             )
+
+
+def _replace_tokens(indices_BTN: Tensor, max_share: float, num_codes: int) -> Tensor:
+    """Each clip's tokens, a share drawn from U(0, max_share) of them replaced by random codes."""
+    share_B11 = torch.rand(indices_BTN.shape[0], 1, 1, device=indices_BTN.device) * max_share
+    replace = torch.rand(indices_BTN.shape, device=indices_BTN.device) < share_B11
+    random = torch.randint_like(indices_BTN, num_codes)
+    return torch.where(replace, random, indices_BTN)

@@ -93,6 +93,12 @@ class TokenizerTrainConfig:
     eval_shards: str = ""
     eval_split: str = "test"
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training clips only
+    # Train only the decoder side (VideoTokenizer.freeze_tokens): a fine-tune that keeps the
+    # tokens, so a world's dynamics model needs no retraining. Start it with train.init_from.
+    decoder_only: bool = False
+    # With decoder_only: the most of a training clip's tokens replaced by random codes
+    # (VideoTokenizer.loss); teaches the decoder to render a dynamics model's imperfect tokens.
+    token_noise: float = 0.0
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def model_config(self) -> TokenizerConfig:
@@ -108,13 +114,22 @@ class TokenizerTask(FrameShardBatches):
         self.cfg = cfg
         self.model_cfg = cfg.model_config()  # fails now, not after the data is opened
         cfg.augment.validate()
+        if not 0 <= cfg.token_noise <= 1:
+            raise ValueError(f"token_noise must be in [0, 1], got {cfg.token_noise}")
+        if cfg.token_noise and not cfg.decoder_only:
+            raise ValueError("token_noise needs decoder_only: true (it trains the decoder alone)")
 
     def build_model(self) -> VideoTokenizer:
-        return VideoTokenizer(self.model_cfg)
+        model = VideoTokenizer(self.model_cfg)
+        if self.cfg.decoder_only:
+            model.freeze_tokens()
+        return model
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> TokenizerOutput:
-        frames = self.cfg.augment.apply(batch.frames) if model.training else batch.frames
-        out: TokenizerOutput = model(frames)
+        if not model.training:
+            out: TokenizerOutput = model(batch.frames)
+            return out
+        out = model(self.cfg.augment.apply(batch.frames), token_noise=self.cfg.token_noise)
         return out
 
     def visualize(self, model: torch.nn.Module, batch: Batch, path_prefix: Path) -> list[Path]:

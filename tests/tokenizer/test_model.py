@@ -156,6 +156,29 @@ def test_a_few_steps_reduce_the_loss() -> None:
     assert losses[-1] < 0.6 * losses[0]
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_frozen_tokens_train_only_the_decoder(variant: str) -> None:
+    model = _model(variant).train()
+    frames = _frames(b=2, t=4)
+    model(frames)  # a VQ codebook initialises on its first training batch
+    tokens, recon = model.encode(frames), model.eval().decode(model.encode(frames))
+    with pytest.raises(ValueError, match="token_noise trains the decoder alone"):
+        model.train()(frames, token_noise=0.2)
+    model.freeze_tokens()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and len(trainable) < len(list(model.parameters()))
+    opt = torch.optim.AdamW(trainable, lr=3e-3)
+    for _ in range(3):
+        out = model(frames, token_noise=0.5)  # the decoder sees partly random tokens
+        assert set(out.metrics) == {"mse", "psnr", "quantizer_loss", "usage", "perplexity"}
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    model.eval()
+    assert torch.equal(model.encode(frames), tokens)  # the tokens did not move
+    assert not torch.allclose(model.decode(tokens), recon)  # the decoder did
+
+
 def test_bf16_autocast_forward() -> None:
     model = _model("patch-vq").train()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -16,7 +16,7 @@ from data_pipeline.loader import LoaderConfig, ShardLoader
 from data_pipeline.shard_job import run_shard_job
 from tokenizer.evaluate import bicubic_side
 from tokenizer.model import VideoTokenizer
-from tokenizer.train_task import AugmentConfig, TokenizerTrainConfig
+from tokenizer.train_task import AugmentConfig, TokenizerTask, TokenizerTrainConfig
 from worldsim.cli import main
 
 
@@ -31,10 +31,10 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def train(shards: Path, run: Path, steps: int) -> int:
+def train(shards: Path, run: Path, steps: int, extra: list[str] | None = None) -> int:
     return main(
         ["train", "tokenizer", "--config", "tiny", f"data.shards={shards}",
-         f"train.out_dir={run}", f"train.steps={steps}", "train.checkpoint_every=4"]
+         f"train.out_dir={run}", f"train.steps={steps}", "train.checkpoint_every=4", *(extra or [])]
     )  # fmt: skip
 
 
@@ -57,6 +57,19 @@ def test_train_save_resume_load_encode(tiny_shards: Path, tmp_path: Path) -> Non
     assert model.decode(tokens).shape == batch.frames.shape
 
 
+def test_decoder_only_fine_tune_keeps_the_tokens(tiny_shards: Path, tmp_path: Path) -> None:
+    assert train(tiny_shards, tmp_path / "base", steps=4) == 0
+    start = tmp_path / "base" / "final"
+    run = tmp_path / "decoder"
+    args = ["decoder_only=true", f"train.init_from={start}", "train.lr=1e-2"]
+    assert train(tiny_shards, run, steps=4, extra=args) == 0
+    batch = next(iter(ShardLoader(LoaderConfig(shards=str(tiny_shards), batch_size=2))))
+    before, after = (VideoTokenizer.from_pretrained(p) for p in (start, run / "final"))
+    tokens = before.encode(batch.frames)
+    assert torch.equal(after.encode(batch.frames), tokens)
+    assert not torch.allclose(after.decode(tokens), before.decode(tokens))
+
+
 def test_eval_writes_a_report_and_bicubic_matches_bits(tiny_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert train(tiny_shards, run, steps=4) == 0
@@ -77,6 +90,13 @@ def test_eval_writes_a_report_and_bicubic_matches_bits(tiny_shards: Path, tmp_pa
 def test_bad_override_names_the_key(tiny_shards: Path, tmp_path: Path, capsys) -> None:
     code = main(["train", "tokenizer", "--config", "tiny", "train.stepz=3"])
     assert code == 2 and "stepz" in capsys.readouterr().err
+
+
+def test_token_noise_needs_decoder_only() -> None:
+    with pytest.raises(ValueError, match="token_noise needs decoder_only"):
+        TokenizerTask(TokenizerTrainConfig(preset="tiny", token_noise=0.2))
+    with pytest.raises(ValueError, match=r"token_noise must be in \[0, 1\]"):
+        TokenizerTask(TokenizerTrainConfig(preset="tiny", decoder_only=True, token_noise=1.5))
 
 
 def test_model_overrides_reach_the_model() -> None:

@@ -150,7 +150,10 @@ class _Run:
         self.inner: Pretrained = model  # type: ignore[assignment]
         if cfg.init_from:
             load_weights(model, cfg.init_from)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        trainable = [p for p in model.parameters() if p.requires_grad]  # a task may freeze some
+        if not trainable:
+            raise ValueError(f"{type(model).__name__} has no trainable parameters")
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg))
         self.model, self.optimizer, self.scheduler = accelerator.prepare(
             _LossModule(task, model), optimizer, scheduler
