@@ -139,10 +139,7 @@ class VideoTokenizer(PretrainedModel):
     def encode(self, frames_BTCHW: Tensor) -> Tensor:
         """frames float (B, T, C, H, W) in [-1, 1] -> tokens int64 (B, T, h, w)."""
         self.check_frames(frames_BTCHW)
-        z = self._latents(frames_BTCHW)
-        with torch.autocast(z.device.type, enabled=False):
-            indices = self.quantizer.tokenize(z.float())
-        return rearrange(indices, "b t (h w) -> b t h w", h=self.cfg.grid)
+        return rearrange(self._tokenize(frames_BTCHW), "b t (h w) -> b t h w", h=self.cfg.grid)
 
     def decode(self, tokens_BThw: Tensor) -> Tensor:
         """tokens int (B, T, h, w) -> frames float (B, T, C, H, W) clamped to [-1, 1]."""
@@ -162,7 +159,7 @@ class VideoTokenizer(PretrainedModel):
             raise ValueError("token_noise trains the decoder alone: call freeze_tokens() first")
         if self.tokens_frozen:  # no gradient reaches the encoder: tokenize without a graph
             with torch.no_grad():
-                indices = self.quantizer.tokenize(self._latents(frames_BTCHW).float())
+                indices = self._tokenize(frames_BTCHW)
                 if token_noise > 0:
                     indices = _replace_tokens(indices, token_noise, self.num_codes)
             codes, quant_loss = self.quantizer.embed(indices), frames_BTCHW.new_zeros(())
@@ -183,6 +180,13 @@ class VideoTokenizer(PretrainedModel):
             "perplexity": perplexity,
         }
         return TokenizerOutput(loss=mse + quant_loss, metrics=metrics, recon=recon.detach())
+
+    def _tokenize(self, frames_BTCHW: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> code indices (B, T, h*w), without training side effects."""
+        z = self._latents(frames_BTCHW)
+        # Rounding and code lookup in bf16 would move latents across code boundaries.
+        with torch.autocast(z.device.type, enabled=False):
+            return self.quantizer.tokenize(z.float())
 
     def _latents(self, frames_BTCHW: Tensor) -> Tensor:
         """(B, T, C, H, W) -> pre-quantisation latents (B, T, h*w, quantizer dim)."""

@@ -126,10 +126,10 @@ class TokenizerTask(FrameShardBatches):
         return model
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> TokenizerOutput:
-        if not model.training:
-            out: TokenizerOutput = model(batch.frames)
-            return out
-        out = model(self.cfg.augment.apply(batch.frames), token_noise=self.cfg.token_noise)
+        frames, noise = batch.frames, 0.0  # evaluation sees clean clips and tokens
+        if model.training:
+            frames, noise = self.cfg.augment.apply(frames), self.cfg.token_noise
+        out: TokenizerOutput = model(frames, token_noise=noise)
         return out
 
     def visualize(self, model: torch.nn.Module, batch: Batch, path_prefix: Path) -> list[Path]:
