@@ -123,8 +123,10 @@ class DynamicsModel(PretrainedModel):
             raise ValueError(f"the loss needs clips of >= 2 frames, got {tokens_BThw.shape[1]}")
         mask_BThw = self.draw_mask(tokens_BThw)
         inputs_BThw = tokens_BThw
+        if self.training and self.cfg.scheduled_sampling > 0:
+            inputs_BThw = self.own_context(tokens_BThw, mask_BThw, actions)
         if self.training and self.cfg.corrupt_max > 0:
-            inputs_BThw = self.corrupt_context(tokens_BThw, mask_BThw)
+            inputs_BThw = self.corrupt_context(inputs_BThw, mask_BThw)
         hidden_BTND = self.transform(self.embed(inputs_BThw, mask_BThw, actions))
         flat_mask = rearrange(mask_BThw, "b t h w -> b t (h w)")
         logits_MV = self.head(hidden_BTND[flat_mask]).float()  # masked positions only
@@ -265,6 +267,22 @@ class DynamicsModel(PretrainedModel):
         # on a task sampling never asks for.
         mask_BThw[:, 0] = False
         return mask_BThw
+
+    @torch.no_grad()
+    def own_context(self, tokens_BThw: Tensor, mask_BThw: Tensor, actions: ActionInputs) -> Tensor:
+        """For a share `scheduled_sampling` of the clips, the tokens left unmasked by `mask_BThw`
+        replaced where the model's own draws differ: one pass under a fresh training mask, every
+        masked token drawn at temperature 1. Frame 0 (the prompt) stays real.
+
+        References: Bengio et al. 2015, "Scheduled Sampling for Sequence Prediction with
+        Recurrent Neural Networks"."""
+        guess_mask_BThw = self.draw_mask(tokens_BThw)
+        logits_BThwV = self.logits(tokens_BThw, guess_mask_BThw, actions).float()
+        draws_BThw = torch.distributions.Categorical(logits=logits_BThwV).sample()
+        b = tokens_BThw.shape[0]
+        own_B111 = torch.rand(b, 1, 1, 1, device=tokens_BThw.device) < self.cfg.scheduled_sampling
+        replace = guess_mask_BThw & ~mask_BThw & own_B111
+        return torch.where(replace, draws_BThw, tokens_BThw)
 
     def corrupt_context(self, tokens_BThw: Tensor, mask_BThw: Tensor) -> Tensor:
         """Replace a per-clip share c ~ U(0, corrupt_max) of the unmasked tokens by random codes."""

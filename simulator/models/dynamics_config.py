@@ -45,6 +45,13 @@ class DynamicsConfig:
     # so the model learns to tolerate its own sampling errors in rollouts (1X GENIE's random
     # replacement, GameNGen's context noise). Training only; 0 disables.
     corrupt_max: float = 0.1
+    # Per clip, the chance that its context is the model's own guess instead of the real tokens
+    # (scheduled sampling): a no-grad pass under a fresh training mask draws every masked token
+    # at temperature 1, and the draws replace the real tokens the loss pass leaves unmasked.
+    # Rollouts feed the model its own frames, whose motion is weaker and noisier than the real
+    # clips'; trained on such context it learns to keep following the keys from it. Training
+    # only, one more forward pass a step; 0 disables.
+    scheduled_sampling: float = 0.0
     # Loss weight of a masked token whose code differs from the previous frame's, relative to one
     # that repeats it. On CoinRun most tokens repeat, and a model that copies the past scores well
     # while ignoring the keys; weighting the changes pushes it to model motion. 1: plain mean.
@@ -111,6 +118,8 @@ class DynamicsConfig:
             problems.append(f"changed_weight must be > 0, got {self.changed_weight}")
         if not 0 <= self.action_dropout < 1:
             problems.append(f"action_dropout must be in [0, 1), got {self.action_dropout}")
+        if not 0 <= self.scheduled_sampling <= 1:
+            problems.append(f"scheduled_sampling must be in [0, 1], got {self.scheduled_sampling}")
         if not 0 <= self.corrupt_max < 1:
             problems.append(f"corrupt_max must be in [0, 1), got {self.corrupt_max}")
         if problems:

@@ -23,7 +23,7 @@ def test_the_shipped_world_is_the_packed_release_of_the_checkpoints() -> None:
     weights = "diffusion_pytorch_model.safetensors"
     for part, release in (
         ("tokenizer", "tokenizer_coinrun_hard"),
-        ("dynamics", "dynamics_coinrun_guided"),
+        ("dynamics", "dynamics_coinrun_scheduled"),
     ):
         shipped = (world / part / weights).read_bytes()
         assert shipped == (CHECKPOINTS / release / weights).read_bytes(), part

@@ -7,11 +7,12 @@ playing garbage. A world folder is the format of simulator/world/checkpoint.py; 
 add `starts/` (start frames of held-out levels, described in `starts/starts.json`).
 
 The CoinRun world is the packed release of checkpoints/tokenizer_coinrun_hard and
-checkpoints/dynamics_coinrun_guided (where their recipes and training records live): trained on
-CoinRun's full visual distribution, steered by the game's 6 effects (LEFT, LEFT+UP, NOOP, UP,
+checkpoints/dynamics_coinrun_scheduled (where their recipes and training records live): trained
+on CoinRun's full visual distribution, steered by the game's 6 effects (LEFT, LEFT+UP, NOOP, UP,
 RIGHT, RIGHT+UP); its dynamics is trained for classifier-free guidance on the keys, which
-`world.json` leaves off (1) because it halves the frame rate. Its start frames are from
-held-out levels, ten of all themes and two of the single `easy` theme (README, "Evaluation").
+`world.json` leaves off (1) because it halves the frame rate, and on its own samples as
+context. Its start frames are from held-out levels, ten of all themes and two of the single
+`easy` theme (README, "Evaluation").
 """
 
 from __future__ import annotations

@@ -191,6 +191,32 @@ def test_corruption_replaces_only_unmasked_tokens_and_only_in_training(monkeypat
     assert not torch.allclose(model.train().loss(tokens, actions).loss, clean)
 
 
+def test_scheduled_sampling_feeds_own_draws_as_context_only_in_training(monkeypatch) -> None:
+    model = DynamicsModel(tiny_config(scheduled_sampling=1.0, corrupt_max=0.0))
+    tokens, actions = clip_batch()
+    loss_mask = fixed_mask(tokens)
+    guess_mask = torch.ones_like(loss_mask)
+    guess_mask[:, 0] = False  # draw_mask never masks the prompt
+    monkeypatch.setattr(model, "draw_mask", lambda _tokens: guess_mask)
+    torch.manual_seed(0)
+    own = model.own_context(tokens, loss_mask, actions)
+    assert torch.equal(own[:, 0], tokens[:, 0])  # the prompt stays real
+    assert torch.equal(own[loss_mask], tokens[loss_mask])  # what the loss scores stays real
+    assert own[~loss_mask].ne(tokens[~loss_mask]).any()  # the context is the model's own
+    model.cfg.scheduled_sampling = 0.0
+    assert torch.equal(model.own_context(tokens, loss_mask, actions), tokens)
+
+    model.cfg.scheduled_sampling = 1.0
+    masks = iter([loss_mask, guess_mask])  # loss() draws its mask first, then own_context's
+    monkeypatch.setattr(model, "draw_mask", lambda _tokens: next(masks))
+    clean = F.cross_entropy(model.logits(tokens, loss_mask, actions)[loss_mask], tokens[loss_mask])
+    assert not torch.allclose(model.train().loss(tokens, actions).loss, clean)
+    monkeypatch.setattr(model, "draw_mask", lambda _tokens: loss_mask)
+    torch.testing.assert_close(model.eval().loss(tokens, actions).loss, clean)
+    with pytest.raises(ValueError, match="scheduled_sampling must be in"):
+        tiny_config(scheduled_sampling=1.5)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     tokens, actions = clip_batch()
     grads = []
