@@ -48,6 +48,10 @@ class ActionInputs:
         """Actions start..stop-1 of every source present."""
         return ActionInputs(*(None if a is None else a[:, start:stop] for a in self.as_tuple()))
 
+    def select(self, rows_B: Tensor) -> ActionInputs:
+        """The clips picked by a bool (B,) tensor, of every source present."""
+        return ActionInputs(*(None if a is None else a[rows_B] for a in self.as_tuple()))
+
     def as_tuple(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         return self.latent, self.discrete, self.continuous
 
@@ -271,18 +275,25 @@ class DynamicsModel(PretrainedModel):
     @torch.no_grad()
     def own_context(self, tokens_BThw: Tensor, mask_BThw: Tensor, actions: ActionInputs) -> Tensor:
         """For a share `scheduled_sampling` of the clips, the tokens left unmasked by `mask_BThw`
-        replaced where the model's own draws differ: one pass under a fresh training mask, every
-        masked token drawn at temperature 1. Frame 0 (the prompt) stays real.
+        replaced by the model's own draws: one pass over those clips alone under a fresh training
+        mask, every masked token drawn at temperature 1. Frame 0 (the prompt) stays real.
 
         References: Bengio et al. 2015, "Scheduled Sampling for Sequence Prediction with
         Recurrent Neural Networks"."""
-        guess_mask_BThw = self.draw_mask(tokens_BThw)
-        logits_BThwV = self.logits(tokens_BThw, guess_mask_BThw, actions).float()
-        draws_BThw = torch.distributions.Categorical(logits=logits_BThwV).sample()
-        b = tokens_BThw.shape[0]
-        own_B111 = torch.rand(b, 1, 1, 1, device=tokens_BThw.device) < self.cfg.scheduled_sampling
-        replace = guess_mask_BThw & ~mask_BThw & own_B111
-        return torch.where(replace, draws_BThw, tokens_BThw)
+        own_B = torch.rand(tokens_BThw.shape[0], device=tokens_BThw.device)
+        own_B = own_B < self.cfg.scheduled_sampling
+        if not bool(own_B.any()):
+            return tokens_BThw  # no clip drawn: skip the extra pass
+        real_SThw = tokens_BThw[own_B]
+        guess_mask_SThw = self.draw_mask(real_SThw)
+        x_STND = self.embed(real_SThw, guess_mask_SThw, actions.select(own_B))
+        hidden_MD = self.transform(x_STND)[rearrange(guess_mask_SThw, "s t h w -> s t (h w)")]
+        draws_M = torch.distributions.Categorical(logits=self.head(hidden_MD).float()).sample()
+        own_SThw = real_SThw.masked_scatter(guess_mask_SThw, draws_M)
+        keep_SThw = mask_BThw[own_B]  # what the loss scores stays real
+        out_BThw = tokens_BThw.clone()
+        out_BThw[own_B] = torch.where(keep_SThw, real_SThw, own_SThw)
+        return out_BThw
 
     def corrupt_context(self, tokens_BThw: Tensor, mask_BThw: Tensor) -> Tensor:
         """Replace a per-clip share c ~ U(0, corrupt_max) of the unmasked tokens by random codes."""
