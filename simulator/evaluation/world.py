@@ -8,7 +8,8 @@ frame (the curves), as PSNR and SSIM against the real frames: every stream, copy
 frame, and the tokenizer's own reconstruction (the ceiling). Also: Genie's ΔtPSNR at t = 4 for
 latent and for true actions (identical samplers and seeds); teacher-forced next-frame prediction
 (each frame sampled from the real past, which the engine `observe`s) against copying the last
-frame, as mean and pooled PSNR; with an IDM, the controllability score
+frame, as mean and pooled PSNR, with its error split between the tokens that change (motion) and
+those that stay (redrawing a still scene); with an IDM, the controllability score
 (simulator.evaluation.controllability); with the I3D, FVD of the true-action rollouts against the
 real clips. `worldsim eval world` writes report.json, a plot per metric and an mp4 grid.
 
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from data_pipeline.loader import Batch
 from simulator.engine.sampling_config import SamplingConfig
-from simulator.engine.world_simulator import EngineConfig, WorldSimulator
+from simulator.engine.world_simulator import EngineConfig, WorldSimulator, WorldState
 from simulator.evaluation.actions import (
     ACTION_DRAW,
     COPY,
@@ -122,7 +123,14 @@ def world_engines(
     return engines
 
 
-MSE = ("model", "copy")  # the pooled next-frame errors
+# The pooled next-frame errors: the sample, copying the last frame, and the sample with the
+# real tokens where they stayed still / where they changed (`_error_sources`).
+POOLED = {
+    "model": "pooled_psnr",
+    "copy": "copy_pooled_psnr",
+    "still_kept": "pooled_psnr_still_kept",
+    "motion_given": "pooled_psnr_motion_given",
+}
 SAMPLE_CLIPS = 4  # clips of the first batch kept for the rollouts video
 
 
@@ -138,7 +146,9 @@ class _Meters:
         self.ssim: dict[str, CurveMeter] = {}
         self.delta = {"latent": CurveMeter(), "true": CurveMeter()}
         self.next_frame = {k: CurveMeter() for k in ("psnr", "ssim", "copy_psnr", "copy_ssim")}
-        self.mse = {"model": 0.0, "copy": 0.0, "frames": 0}  # summed next-frame errors
+        self.sq_err = dict.fromkeys(POOLED, 0.0)  # next-frame squared errors, summed per frame
+        self.frames = 0  # next frames scored
+        self.tokens = dict.fromkeys(("positions", "changed", "hit_changed", "hit_still"), 0)
         self.control = ControllabilityMeter(idm) if idm is not None else None
         self.i3d = i3d
         self.samples: dict[str, np.ndarray] = {}
@@ -273,20 +283,60 @@ def _teacher_forced(
     meters: _Meters,
 ) -> None:
     """Frame t+1 sampled from the real frames 0..t (observed by the engine), against copying
-    frame t: per-frame PSNR and SSIM, and the squared errors for the pooled PSNR."""
+    frame t: per-frame PSNR and SSIM, the squared errors for the pooled PSNR, and where the
+    sampled frame's error comes from (`_error_sources`)."""
     state = engine.reset(frames_BTCHW[:, :1], seed=seed)
     guesses, copies = [], []
     for t in range(actions_BH.shape[1]):
-        guesses.append(engine.step(state, actions_BH[:, t])[0])
+        guess_BCHW, guessed = engine.step(state, actions_BH[:, t])
+        guesses.append(guess_BCHW)
         copies.append(state.frame_BCHW)
-        state = engine.observe(state, actions_BH[:, t], tokens_BThw[:, t + 1])[1]
+        real_Bhw = tokens_BThw[:, t + 1]
+        _error_sources(
+            engine, state, guessed.tokens_BThw[:, -1], real_Bhw, frames_BTCHW[:, t + 1], meters
+        )
+        state = engine.observe(state, actions_BH[:, t], real_Bhw)[1]
     real = frames_BTCHW[:, 1:]
     for name, video in (("", torch.stack(guesses, 1)), ("copy_", torch.stack(copies, 1))):
         meters.next_frame[f"{name}psnr"].add(frame_psnr_per_frame(video, real).mean(1, True))
         meters.next_frame[f"{name}ssim"].add(frame_ssim_per_frame(video, real).mean(1, True))
-        err = (video.float().clamp(-1, 1) - real.float()).pow(2).mean(dim=(2, 3, 4))
-        meters.mse["model" if not name else "copy"] += float(err.sum())
-    meters.mse["frames"] += real.shape[0] * real.shape[1]
+        meters.sq_err["model" if not name else "copy"] += _squared_error(video, real)
+    meters.frames += real.shape[0] * real.shape[1]
+
+
+def _error_sources(
+    engine: WorldSimulator,
+    state: WorldState,
+    sampled_Bhw: Tensor,
+    real_Bhw: Tensor,
+    real_BCHW: Tensor,
+    meters: _Meters,
+) -> None:
+    """Split the next frame's error between motion and stillness. Token counts: positions whose
+    real token differs from the last frame's ("changed"), and the sampled token's exact hits on
+    changed and on still positions. Two frames decoded after the same real past: the sample with
+    the real tokens wherever they stayed still (what is left is the error on motion), and with
+    the real tokens wherever they changed (the error of redrawing what stood still)."""
+    changed = real_Bhw != state.tokens_BThw[:, -1]
+    hit = sampled_Bhw == real_Bhw
+    hits = meters.tokens
+    hits["positions"] += changed.numel()
+    hits["changed"] += int(changed.sum())
+    hits["hit_changed"] += int((hit & changed).sum())
+    hits["hit_still"] += int((hit & ~changed).sum())
+    mixes = {
+        "still_kept": torch.where(changed, sampled_Bhw, real_Bhw),
+        "motion_given": torch.where(changed, real_Bhw, sampled_Bhw),
+    }
+    for name, tokens_Bhw in mixes.items():
+        frame_BCHW = engine.tokenizer.decode_step(tokens_Bhw, state.decoder)[0]
+        meters.sq_err[name] += _squared_error(frame_BCHW[:, None], real_BCHW[:, None])
+
+
+def _squared_error(video_BTCHW: Tensor, real_BTCHW: Tensor) -> float:
+    """Per-frame mean squared errors, summed over the frames (for pooled PSNR)."""
+    err = (video_BTCHW.float().clamp(-1, 1) - real_BTCHW.float()).pow(2).mean(dim=(2, 3, 4))
+    return float(err.sum())
 
 
 def _report(
@@ -297,10 +347,17 @@ def _report(
     pairs: list[Tensor],
 ) -> WorldReport:
     any_engine = next(iter(engines.values()))
-    frames = meters.mse["frames"]
-    pooled = {k: 10 * float(np.log10(4.0 / max(meters.mse[k] / frames, MIN_MSE))) for k in MSE}
     next_frame = {k: m.mean()[0] for k, m in meters.next_frame.items()}
-    next_frame.update(pooled_psnr=pooled["model"], copy_pooled_psnr=pooled["copy"])
+    for key, name in POOLED.items():
+        mse = max(meters.sq_err[key] / meters.frames, MIN_MSE)
+        next_frame[name] = 10 * float(np.log10(4.0 / mse))
+    hits = meters.tokens
+    still = hits["positions"] - hits["changed"]
+    next_frame.update(
+        changed_token_share=hits["changed"] / hits["positions"],
+        changed_token_accuracy=hits["hit_changed"] / max(hits["changed"], 1),
+        still_token_accuracy=hits["hit_still"] / max(still, 1),
+    )
     info = _action_information(pairs)
     control = None
     if meters.control is not None and meters.control.agreement(GENERATED) is not None:

@@ -26,7 +26,10 @@ class WorldReport:
     psnr: dict[str, list[float]]  # curve -> mean PSNR (dB) of generated frame k, k = 1..H
     ssim: dict[str, list[float]]  # curve -> mean SSIM of generated frame k
     # Teacher-forced frame t+1 from the real frames 0..t, against copying frame t: mean PSNR
-    # and SSIM, and pooled PSNR (of the mean squared error over every frame).
+    # and SSIM, and pooled PSNR (of the mean squared error over every frame). Where its error
+    # comes from: the share of tokens that change from frame t to t+1, the sample's exact
+    # token accuracy on changed and on still positions, and pooled PSNR with the real tokens
+    # put back where the frame stood still (_still_kept) or where it changed (_motion_given).
     next_frame: dict[str, float]
     delta_t: int
     delta_t_psnr: dict[str, float]  # "latent" / "true": steered minus random actions at delta_t
@@ -73,6 +76,14 @@ class WorldReport:
             f"{nf['pooled_psnr']:.2f} dB, SSIM {nf['ssim']:.3f}; copy last frame "
             f"{nf['copy_psnr']:.2f} / {nf['copy_pooled_psnr']:.2f} dB, SSIM {nf['copy_ssim']:.3f}",
         ]
+        if "changed_token_share" in nf:  # reports written before the split lack it
+            lines.append(
+                f"  next frame's error by source: {nf['changed_token_share']:.0%} of tokens "
+                f"change, sampled right on {nf['changed_token_accuracy']:.0%} of them and on "
+                f"{nf['still_token_accuracy']:.0%} of the still ones; pooled PSNR with the real "
+                f"still tokens {nf['pooled_psnr_still_kept']:.2f} dB, with the real changed "
+                f"tokens {nf['pooled_psnr_motion_given']:.2f} dB"
+            )
         marks = sorted({1, self.delta_t, self.horizon // 2, self.horizon} - {0})
         lines.append("  PSNR dB / SSIM at generated frame " + " / ".join(map(str, marks)) + ":")
         for name, curve in self.psnr.items():

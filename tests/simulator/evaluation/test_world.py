@@ -221,6 +221,22 @@ def test_separable_dynamics_gets_every_stream_and_is_controllable() -> None:
     assert "of the ceiling" in blind.render()
 
 
+def test_next_frame_error_is_split_between_motion_and_stillness() -> None:
+    batches = [fake_batch(seed=0), fake_batch(seed=1)]
+    moved = torch.cat([b.actions[:, :6] for b in batches]) != 0  # every token moves by a_t
+    perfect = run(FakeDynamics("discrete"), batches, horizon=6).next_frame
+    assert perfect["changed_token_share"] == pytest.approx(float(moved.float().mean()))
+    assert perfect["changed_token_accuracy"] == perfect["still_token_accuracy"] == 1.0
+    for split in ("pooled_psnr_still_kept", "pooled_psnr_motion_given"):
+        assert perfect[split] == pytest.approx(perfect["pooled_psnr"], abs=1e-6)
+    blind = run(FakeDynamics("discrete", noisy=True), batches, horizon=6)
+    nf = blind.next_frame
+    assert nf["changed_token_accuracy"] < 0.4 and nf["still_token_accuracy"] < 0.4
+    # Most tokens move, so giving the moving ones back repairs more than the still ones.
+    assert nf["pooled_psnr_motion_given"] > nf["pooled_psnr_still_kept"] > nf["pooled_psnr"]
+    assert "next frame's error by source" in blind.render()
+
+
 def test_context_slides_past_max_frames() -> None:
     report = run(FakeDynamics("latent", max_frames=4), horizon=9)
     assert report.psnr["lam_actions"] == pytest.approx(report.psnr["tokenizer"], abs=1e-9)
