@@ -9,8 +9,11 @@
    stay near one player's rate while each player gets about a quarter.
 
     python benchmarks/bench_play.py [--seconds 10] [--world WORLD]
+    python benchmarks/bench_play.py --engine-against OTHER_WORLD [--world WORLD] [--runs 10]
 
-Needs `apt-get install chromium` and the dev extra (Playwright). The server runs with torch's
+The second form skips the browser and compares two worlds' engine speed, run by run.
+
+The first form needs `apt-get install chromium` and the dev extra (Playwright). The server runs with torch's
 default threads (2 on the reference machine).
 """
 
@@ -35,7 +38,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="how long keys are held")
     parser.add_argument("--world", default=None, help="world folder (default: the shipped one)")
+    parser.add_argument(
+        "--engine-against",
+        metavar="WORLD",
+        default=None,
+        help="no browser: step --world and WORLD alone, alternating, and print their FPS ratio",
+    )
+    parser.add_argument("--runs", type=int, default=10, help="runs of 80 steps per world")
     args = parser.parse_args()
+    if args.engine_against:
+        compare_engines(args.world, args.engine_against, args.runs)
+        return
     engine_fps = engine_only_fps(args.world, steps=40)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,6 +81,20 @@ def engine_only_fps(world: str | None, steps: int) -> float:
     for _ in range(steps):
         _, state = sim.step(state, right)
     return steps / (time.perf_counter() - began)
+
+
+def compare_engines(world: str | None, other: str, runs: int) -> None:
+    """The engine alone, two worlds alternating run by run so that the machine's changing load
+    falls on both alike: each run's FPS, the medians and their ratio."""
+    fps: dict[str, list[float]] = {world or "shipped": [], other: []}
+    for _ in range(runs):
+        for name in fps:
+            fps[name].append(engine_only_fps(None if name == "shipped" else name, steps=80))
+    for name, values in fps.items():
+        shown = " ".join(f"{v:.1f}" for v in values)
+        print(f"{name}: median {statistics.median(values):.1f} FPS over {runs} runs ({shown})")
+    first, second = (statistics.median(v) for v in fps.values())
+    print(f"ratio {first / second:.2f} ({world or 'shipped'} / {other})")
 
 
 def wait_for(url: str) -> str:
