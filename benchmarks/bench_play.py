@@ -13,8 +13,8 @@
 
 The second form skips the browser and compares two worlds' engine speed, run by run.
 
-The first form needs `apt-get install chromium` and the dev extra (Playwright). The server runs with torch's
-default threads (2 on the reference machine).
+The first form needs `apt-get install chromium` and the dev extra (Playwright). The server runs
+with torch's default threads (2 on the reference machine).
 """
 
 from __future__ import annotations
