@@ -86,10 +86,11 @@ def engine_only_fps(world: str | None, steps: int) -> float:
 def compare_engines(world: str | None, other: str, runs: int) -> None:
     """The engine alone, two worlds alternating run by run so that the machine's changing load
     falls on both alike: each run's FPS, the medians and their ratio."""
-    fps: dict[str, list[float]] = {world or "shipped": [], other: []}
+    worlds = {world or "shipped": world, other: other}  # label -> folder (None: shipped)
+    fps: dict[str, list[float]] = {name: [] for name in worlds}
     for _ in range(runs):
-        for name in fps:
-            fps[name].append(engine_only_fps(None if name == "shipped" else name, steps=80))
+        for name, folder in worlds.items():
+            fps[name].append(engine_only_fps(folder, steps=80))
     for name, values in fps.items():
         shown = " ".join(f"{v:.1f}" for v in values)
         print(f"{name}: median {statistics.median(values):.1f} FPS over {runs} runs ({shown})")
