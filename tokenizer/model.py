@@ -91,6 +91,21 @@ def check_frames(
         )
 
 
+def check_token_grid(tokens: Tensor, grid: int, num_codes: int) -> None:
+    """ValueError naming what is wrong with integer tokens (B, T, grid, grid) in [0, num_codes)."""
+    if not isinstance(tokens, Tensor) or tokens.is_floating_point() or tokens.is_complex():
+        raise ValueError(
+            f"tokens must be an integer tensor, got {getattr(tokens, 'dtype', tokens)}"
+        )
+    if tokens.ndim != 4 or tuple(tokens.shape[2:]) != (grid, grid):
+        raise ValueError(f"tokens must be (B, T, {grid}, {grid}), got shape {tuple(tokens.shape)}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= num_codes):
+        raise ValueError(
+            f"token ids must lie in [0, {num_codes}), got "
+            f"min {int(tokens.min())} max {int(tokens.max())}"
+        )
+
+
 class VideoTokenizer(PretrainedModel):
     """Causal VQ video tokenizer. `forward(frames)` is the training loss (so DDP wrappers work);
     `encode` / `decode` are the inference API."""
@@ -208,9 +223,24 @@ class VideoTokenizer(PretrainedModel):
         frames = self.head(hidden_BTND).clamp(-1, 1)
         return frames, DecodeState(tokens_BThw, cache, hop)
 
-    def decode_step(self, tokens_Bhw: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+    def start(
+        self, frames_BTCHW: Tensor, hop: int | None = None, cached: bool = True
+    ) -> tuple[Tensor, Tensor, DecodeState]:
+        """Tokens of prompt frames, their decoding (what a world shows of them) and the state
+        `decode_step` decodes later frames from (`decode_start`'s)."""
+        tokens_BThw = self.encode(frames_BTCHW)
+        return (tokens_BThw, *self.decode_start(tokens_BThw, hop, cached))
+
+    def reconstruct(self, frames_BTCHW: Tensor) -> Tensor:
+        """A clip decoded from its own tokens: what a world with a perfect dynamics shows."""
+        return self.decode(self.encode(frames_BTCHW))
+
+    def decode_step(
+        self, tokens_Bhw: Tensor, state: DecodeState, observed: Tensor | None = None
+    ) -> tuple[Tensor, DecodeState]:
         """The frame (B, C, H, W) of the next tokens (B, h, w), decoded in the window of
-        `state`: equal to `decode(window)[:, -1]`, at the cost of one frame when cached."""
+        `state`: equal to `decode(window)[:, -1]`, at the cost of one frame when cached.
+        `observed` (the real frame, in teacher forcing) is not needed: the window is tokens."""
         tokens_B1hw = tokens_Bhw[:, None]
         self.check_tokens(tokens_B1hw)
         window_BThw = state.tokens_BThw
@@ -262,19 +292,8 @@ class VideoTokenizer(PretrainedModel):
 
     def check_tokens(self, tokens: Tensor) -> None:
         """ValueError naming what is wrong with a tokens batch."""
-        if not isinstance(tokens, Tensor) or tokens.is_floating_point() or tokens.is_complex():
-            raise ValueError(
-                f"tokens must be an integer tensor, got {getattr(tokens, 'dtype', tokens)}"
-            )
-        g = self.cfg.grid
-        if tokens.ndim != 4 or tuple(tokens.shape[2:]) != (g, g):
-            raise ValueError(f"tokens must be (B, T, {g}, {g}), got shape {tuple(tokens.shape)}")
+        check_token_grid(tokens, self.cfg.grid, self.num_codes)
         self._check_length(tokens.shape[1])
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.num_codes):
-            raise ValueError(
-                f"token ids must lie in [0, {self.num_codes}), got "
-                f"min {int(tokens.min())} max {int(tokens.max())}"
-            )
 
     def _check_length(self, t: int) -> None:
         if not 1 <= t <= self.cfg.max_frames:

@@ -44,7 +44,7 @@ from data_pipeline.token_shards import (
     checkpoint_sha256,
     encode_token_sample,
 )
-from tokenizer.model import VideoTokenizer
+from tokenizer.registry import AnyTokenizer
 from worldsim.io.files import PARTIAL, file_sha256, write_json
 
 
@@ -99,7 +99,7 @@ class TokenizeReport:
 
 
 def model_identity(
-    tokenizer: VideoTokenizer,
+    tokenizer: AnyTokenizer,
     tokenizer_checkpoint: str | Path,
     lam: LatentActionEncoder | None = None,
     lam_checkpoint: str | Path | None = None,
@@ -243,7 +243,7 @@ def _device(model: object, default: torch.device) -> torch.device:
 
 
 def _tokenize_batch(
-    tokenizer: VideoTokenizer,
+    tokenizer: AnyTokenizer,
     lam: LatentActionEncoder | None,
     identity: TokenIdentity,
     keys: list[str],
@@ -276,7 +276,7 @@ def _tokenize_batch(
 
 
 def _write_token_shard(
-    tokenizer: VideoTokenizer,
+    tokenizer: AnyTokenizer,
     lam: LatentActionEncoder | None,
     identity: TokenIdentity,
     src: SourceShard,
@@ -335,7 +335,7 @@ def _split_entry(
 
 
 def tokenize_shards(
-    tokenizer: VideoTokenizer,
+    tokenizer: AnyTokenizer,
     frame_shards: str,
     split: str = "train",
     out: str | Path | None = None,

@@ -61,11 +61,11 @@ def _data_info(args: argparse.Namespace) -> int:
 def _data_tokenize(args: argparse.Namespace) -> int:
     import torch
 
-    from tokenizer.model import VideoTokenizer
+    from tokenizer.registry import load_tokenizer
     from tokenizer.tokenize_shards import tokenize_shards
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = VideoTokenizer.from_pretrained(args.checkpoint).to(device)
+    tokenizer = load_tokenizer(args.checkpoint).to(device)
     lam = None
     if args.lam:
         from simulator.models.lam import (
@@ -117,6 +117,13 @@ def _tokenizer_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
     return TokenizerTask(cfg), cfg.train
 
 
+def _delta_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
+    from tokenizer.delta_task import DeltaTask, DeltaTrainConfig
+
+    cfg = load_config(DeltaTrainConfig, "delta", preset, overrides)
+    return DeltaTask(cfg), cfg.train
+
+
 def _lam_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
     from simulator.tasks.lam_task import lam_task
 
@@ -139,6 +146,7 @@ def _idm_task(preset: str, overrides: list[str]) -> tuple[Any, Any]:
 # imports stay inside so only the chosen stage loads.
 TRAIN_TASKS: dict[str, Callable[[str, list[str]], tuple[Any, Any]]] = {
     "tokenizer": _tokenizer_task,
+    "delta": _delta_task,
     "lam": _lam_task,
     "dynamics": _dynamics_task,
     "idm": _idm_task,

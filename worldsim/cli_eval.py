@@ -12,7 +12,7 @@ worldsim eval videos --real VIDEOS --fake VIDEOS [--frames 16 --fvd-clips N]
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,18 @@ def add_eval_commands(stages: Any) -> None:
 
 def _eval_tokenizer(args: argparse.Namespace) -> int:
     from data_pipeline.loader import LoaderConfig, ShardLoader
+    from tokenizer.delta import DeltaTokenizer
     from tokenizer.evaluate import evaluate_tokenizer, write_comparison_grid, write_report
-    from tokenizer.model import VideoTokenizer
+    from tokenizer.registry import load_tokenizer
 
-    model = VideoTokenizer.from_pretrained(args.checkpoint)
+    model = load_tokenizer(args.checkpoint)
     data = LoaderConfig(
         shards=args.shards, split=args.split, batch_size=args.batch_size, shuffle=False,
         num_workers=0,
     )  # fmt: skip
     loader = ShardLoader(data, rank=0, world_size=1)
+    if isinstance(model, DeltaTokenizer):
+        return _eval_delta_tokenizer(model, loader, args)
     report = evaluate_tokenizer(model, loader, args.max_batches)
     report.checkpoint, report.shards, report.split = args.checkpoint, args.shards, args.split
     out = Path(args.out or Path(args.checkpoint) / f"eval_{args.split}.json")
@@ -137,6 +140,18 @@ def _scorers(
     idm = InverseDynamicsModel.from_pretrained(idm_path).to(device) if idm_path else None
     i3d = load_i3d(i3d_weights).to(device) if fvd else None
     return idm, i3d
+
+
+def _eval_delta_tokenizer(model: Any, loader: Any, args: argparse.Namespace) -> int:
+    from tokenizer.delta_evaluate import evaluate_delta_tokenizer
+    from worldsim.io.files import write_json
+
+    report = evaluate_delta_tokenizer(model, loader, args.max_batches)
+    report.checkpoint, report.shards, report.split = args.checkpoint, args.shards, args.split
+    out = Path(args.out or Path(args.checkpoint) / f"eval_{args.split}.json")
+    print(report.render())
+    print(f"report: {write_json(out, asdict(report), indent=2)}")
+    return 0
 
 
 def _eval_idm(args: argparse.Namespace) -> int:

@@ -48,7 +48,9 @@ from simulator.models.dynamics import ActionInputs, DynamicsModel
 from simulator.models.lam import LatentActionModel
 from simulator.world.checkpoint import load_world
 from simulator.world.spec import WorldSpec
+from tokenizer.delta import DeltaState
 from tokenizer.model import DecodeState, VideoTokenizer
+from tokenizer.registry import AnyTokenizer
 from worldsim.nn.attention import set_attention_backend, set_query_by_query
 from worldsim.nn.kv_cache import KVCache, check_hop, frames_to_drop
 
@@ -95,7 +97,9 @@ class WorldState:
     frame_index: int  # frames since the first prompt frame, of the newest frame
     frame_BCHW: Tensor  # the newest frame, decoded, float in [-1, 1]
     cache: KVCache | None  # dynamics temporal keys/values of the window; None when uncached
-    decoder: DecodeState  # the tokenizer decoder's own window and cache
+    # What the tokenizer renders the next frame from: the grid decoder's token window and cache,
+    # or the delta renderer's last two frames.
+    decoder: DecodeState | DeltaState
     rng_state: Tensor  # the sampling generator's state after the newest frame
     engine_id: int  # the engine that made it
 
@@ -109,7 +113,7 @@ class WorldSimulator:
 
     def __init__(
         self,
-        tokenizer: VideoTokenizer,
+        tokenizer: AnyTokenizer,
         dynamics: DynamicsModel,
         spec: WorldSpec | None = None,
         cfg: EngineConfig | None = None,
@@ -172,12 +176,14 @@ class WorldSimulator:
         return self._advance(state, action, None, sampling)
 
     def observe(
-        self, state: WorldState, action: Any, tokens_Bhw: Tensor
+        self, state: WorldState, action: Any, tokens_Bhw: Tensor, frame: Tensor | None = None
     ) -> tuple[Tensor, WorldState]:
         """Teacher forcing: like `step`, but the next frame is an observed one (its tokens, from
         `encode`) instead of a sampled one, so the world goes on from what really happened. The
-        sampler's random stream stays where `state` left it."""
-        return self._advance(state, action, tokens_Bhw, None)
+        sampler's random stream stays where `state` left it. `frame` (B, C, H, W), the real
+        frame itself, is what a delta tokenizer renders the frame after from; a grid
+        tokenizer's window is the tokens."""
+        return self._advance(state, action, (tokens_Bhw, frame), None)
 
     def encode(self, frames: Any) -> Tensor:
         """Tokens (B, T, h, w) of real frames (any prompt form), encoded together as `reset`
@@ -190,7 +196,7 @@ class WorldSimulator:
         self,
         state: WorldState,
         action: Any,
-        observed_Bhw: Tensor | None,
+        observed: tuple[Tensor, Tensor | None] | None,
         sampling: SamplingConfig | None,
     ) -> tuple[Tensor, WorldState]:
         self._check_state(state)
@@ -200,13 +206,16 @@ class WorldSimulator:
         with self._inference():
             tokens_BThw, actions_BA, cache = self._make_room(state)
             actions_BA = torch.cat([actions_BA, action_B[:, None]], dim=1)
-            if observed_Bhw is None:
+            frame = None
+            if observed is None:
                 new_Bhw = self._sample(tokens_BThw, actions_BA, cache, generator, sampling)
             else:
-                new_Bhw = self._observed(observed_Bhw, tokens_BThw)
+                new_Bhw, frame = self._observed(observed[0], tokens_BThw), observed[1]
             if cache is not None:
                 cache = commit_frame(self.dynamics, cache, new_Bhw, self._inputs(actions_BA))
-            frame_BCHW, decoder = self.tokenizer.decode_step(new_Bhw, state.decoder)
+            if frame is not None:
+                frame = frame.to(self.device)
+            frame_BCHW, decoder = self.tokenizer.decode_step(new_Bhw, state.decoder, frame)
         new = WorldState(
             tokens_BThw=torch.cat([tokens_BThw, new_Bhw[:, None]], dim=1),
             actions_BA=actions_BA,
@@ -265,9 +274,8 @@ class WorldSimulator:
             self.cfg.seed if seed is None else seed
         )
         with self._inference():
-            tokens_BThw = self.tokenizer.encode(frames_BTCHW)
-            recon_BTCHW, decoder = self.tokenizer.decode_start(
-                tokens_BThw, self.decoder_hop, cached=self.cfg.kv_cache
+            tokens_BThw, recon_BTCHW, decoder = self.tokenizer.start(
+                frames_BTCHW, self.decoder_hop, cached=self.cfg.kv_cache
             )
             cache = self._prefill(tokens_BThw, actions_BA) if self.cfg.kv_cache else None
         state = WorldState(
@@ -373,7 +381,9 @@ class WorldSimulator:
 
     def _compile(self, mode: str | None) -> None:
         """Compile the frame-sized modules in place (the engine owns its models)."""
-        transformers = (self.dynamics.transformer, self.tokenizer.decoder)
+        transformers = [self.dynamics.transformer]
+        if isinstance(self.tokenizer, VideoTokenizer):
+            transformers.append(self.tokenizer.decoder)
+            self.tokenizer.head.compile(mode=mode, dynamic=False)
         for module in [m for t in transformers for b in t.blocks for m in (b.space, b.mlp)]:
             module.compile(mode=mode, dynamic=False)
-        self.tokenizer.head.compile(mode=mode, dynamic=False)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from data_pipeline.loader import Batch
 from simulator.engine.sampling_config import SamplingConfig
 from simulator.engine.world_simulator import EngineConfig, WorldSimulator, WorldState
+from simulator.evaluation.action_check import ShuffleMeter
 from simulator.evaluation.actions import (
     ACTION_DRAW,
     COPY,
@@ -54,10 +55,10 @@ from simulator.evaluation.metrics import (
     mutual_information_bits,
 )
 from simulator.evaluation.world_report import WorldReport
-from simulator.models.dynamics import DynamicsModel
+from simulator.models.dynamics import ActionInputs, DynamicsModel
 from simulator.models.lam import LatentActionModel
 from simulator.world.spec import WorldActionSpace, WorldSpec, discrete_space
-from tokenizer.model import VideoTokenizer
+from tokenizer.registry import AnyTokenizer
 from worldsim.io.media import to_uint8_clips
 
 STREAMS = {LAM: "latent", RANDOM_LATENT: "latent", TRUE: "discrete", RANDOM_TRUE: "discrete"}
@@ -88,7 +89,7 @@ class WorldEvalConfig:
 
 
 def world_engines(
-    tokenizer: VideoTokenizer,
+    tokenizer: AnyTokenizer,
     dynamics: DynamicsModel,
     lam: LatentActionModel | None,
     cfg: WorldEvalConfig,
@@ -150,6 +151,7 @@ class _Meters:
         self.frames = 0  # next frames scored
         self.tokens = dict.fromkeys(("positions", "changed", "hit_changed", "hit_still"), 0)
         self.control = ControllabilityMeter(idm) if idm is not None else None
+        self.shuffle = ShuffleMeter()  # the dynamics' loss with its own and shuffled actions
         self.i3d = i3d
         self.samples: dict[str, np.ndarray] = {}
         self.fvd: dict[str, list[np.ndarray]] = {"real": [], "fake": []}  # I3D features
@@ -161,7 +163,7 @@ class _Meters:
 
 @torch.no_grad()
 def evaluate_world(
-    tokenizer: VideoTokenizer,
+    tokenizer: AnyTokenizer,
     dynamics: DynamicsModel,
     lam: LatentActionModel | None,
     loader: Iterable[Batch],
@@ -236,9 +238,9 @@ def _score_batch(
     frames = batch.frames[:, : cfg.horizon + 1].to(any_engine.device)  # (B, H+1, C, H, W)
     real, h = frames[:, 1:], cfg.horizon
     tokens = any_engine.encode(frames)
-    decode = any_engine.tokenizer.decode
-    meters.add_curves(TOKENIZER, decode(tokens)[:, 1:], real)
-    meters.add_curves(COPY, decode(tokens[:, :1].expand(-1, h, -1, -1).contiguous()), real)
+    reconstruct = any_engine.tokenizer.reconstruct  # what a perfect dynamics would show
+    meters.add_curves(TOKENIZER, reconstruct(frames)[:, 1:], real)
+    meters.add_curves(COPY, reconstruct(frames[:, :1].expand(-1, h, -1, -1, -1)), real)
     seed = cfg.seed * 1_000_003 + index
     videos, steering = {}, _world_actions(engines, streams)
     for name, actions in steering.items():
@@ -253,6 +255,8 @@ def _score_batch(
             meters.delta[kind].add(torch.full((frames.shape[0], 1), delta))
     primary = TRUE if TRUE in streams else LAM
     _teacher_forced(engines[STREAMS[primary]], frames, tokens, steering[primary], seed, meters)
+    own = ActionInputs(**{STREAMS[primary]: steering[primary].to(any_engine.device)})
+    meters.shuffle.add(any_engine.dynamics, tokens, own, seed)
     if meters.control is not None and TRUE in videos:
         meters.control.add(GENERATED, videos[TRUE], streams[TRUE])
         meters.control.add(REAL, frames, streams[TRUE])
@@ -295,7 +299,7 @@ def _teacher_forced(
         _error_sources(
             engine, state, guessed.tokens_BThw[:, -1], real_Bhw, frames_BTCHW[:, t + 1], meters
         )
-        state = engine.observe(state, actions_BH[:, t], real_Bhw)[1]
+        state = engine.observe(state, actions_BH[:, t], real_Bhw, frames_BTCHW[:, t + 1])[1]
     real = frames_BTCHW[:, 1:]
     for name, video in (("", torch.stack(guesses, 1)), ("copy_", torch.stack(copies, 1))):
         meters.next_frame[f"{name}psnr"].add(frame_psnr_per_frame(video, real).mean(1, True))
@@ -380,6 +384,7 @@ def _report(
         latent_true_mutual_info_bits=info[0] if info else None,
         true_action_entropy_bits=info[1] if info else None,
         controllability=control,
+        action_shuffle=meters.shuffle.result(),
         fvd=_fvd(meters.fvd, cfg.horizon + 1) if meters.fvd["real"] else None,
     )
 

@@ -41,6 +41,9 @@ class WorldReport:
     # clips, the ceiling; "floor": mismatched frame pairs), each an Agreement as a dict.
     controllability: dict[str, dict[str, Any]] | None = None
     fvd: dict[str, Any] | None = None  # fvd, clips, frames, protocol
+    # The dynamics' masked-token loss (nats) with each clip's own and with shuffled actions, on
+    # all masked tokens and on those that change (simulator.evaluation.action_check).
+    action_shuffle: dict[str, float] | None = None
     tokenizer: str = ""
     lam: str = ""
     dynamics: str = ""
@@ -100,6 +103,12 @@ class WorldReport:
         lines += self._control_lines()
         if self.fvd:
             lines.append(f"  FVD {self.fvd['fvd']:.1f} ({self.fvd['protocol']})")
+        if sh := self.action_shuffle:
+            lines.append(
+                f"  shuffled actions raise the dynamics' loss by {sh['rise_changed']:+.3f} nats "
+                f"on changed tokens ({sh['loss_own_changed']:.3f} -> "
+                f"{sh['loss_shuffled_changed']:.3f}), {sh['rise_all']:+.3f} on all"
+            )
         lines += [f"  WARNING: {name} {w}" for name, w in self.warnings().items()]
         return "\n".join(lines)
 

@@ -20,6 +20,7 @@ Real-Time Game Engines" (GameNGen) for corrupting the context in training.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -86,6 +87,11 @@ class DynamicsModel(PretrainedModel):
         self.cfg = cfg
         d = cfg.width
         self.token_embed = nn.Embedding(cfg.num_codes + 1, d)  # + the mask id
+        self.code_embed = None
+        if cfg.code_levels:  # each id's FSQ digits in [-1, 1]; the mask id's are zeros
+            self.code_embed = nn.Linear(len(cfg.code_levels), d, bias=False)
+            self.code_digits: Tensor
+            self.register_buffer("code_digits", _fsq_digits(cfg.code_levels), persistent=False)
         self.pos_space = nn.Parameter(torch.zeros(1, 1, cfg.grid**2, d))
         self.pos_time = nn.Parameter(torch.zeros(1, cfg.max_frames, 1, d))
         self.no_action = nn.Parameter(torch.zeros(1, 1, d))
@@ -183,7 +189,10 @@ class DynamicsModel(PretrainedModel):
                     f", got {mask_BThw.dtype} {tuple(mask_BThw.shape)}"
                 )
             ids_BThw = tokens_BThw.masked_fill(mask_BThw, self.cfg.mask_id)
-        x_BTND = self.token_embed(rearrange(ids_BThw, "b t h w -> b t (h w)"))
+        ids_BTN = rearrange(ids_BThw, "b t h w -> b t (h w)")
+        x_BTND = self.token_embed(ids_BTN)
+        if self.code_embed is not None:
+            x_BTND = x_BTND + self.code_embed(self.code_digits[ids_BTN])
         x_BTND = x_BTND + self.pos_space + self.pos_time[:, start_frame : start_frame + t]
         action_BTD = self._action_embedding(actions, b, start_frame, t)
         if drop_last_action:
@@ -345,6 +354,18 @@ class DynamicsModel(PretrainedModel):
             )
         if problems:
             raise ValueError("incompatible checkpoints: " + "; ".join(problems))
+
+
+def _fsq_digits(levels: list[int]) -> Tensor:
+    """(prod(levels) + 1, len(levels)): each FSQ code's digits scaled to [-1, 1] (the code
+    vector the tokenizer's decoder reads; tokenizer.quantizers.FSQ's mixed radix), then a row of
+    zeros for the mask id."""
+    levels_t = torch.tensor(levels)
+    basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels_t[:-1]]), 0)
+    ids = torch.arange(math.prod(levels))[:, None]
+    half = levels_t // 2
+    digits = (ids // basis % levels_t - half).float() / half.float()
+    return torch.cat([digits, digits.new_zeros(1, len(levels))])
 
 
 def _mean(x: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ CoinRun, 16x16 tokens, sized for about 75 minutes on a 2-core CPU), `base` and `
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,10 @@ class DynamicsConfig:
     # given the past and its actions, that classifier-free guidance on the actions contrasts
     # against (SamplingConfig.guidance). 0: the model cannot be guided.
     action_dropout: float = 0.0
+    # The tokenizer's FSQ levels, when its codes are FSQ digits: each token is then also embedded
+    # from its digits (a linear map of the code vector), so codes one digit apart start close,
+    # as GenieRedux-G and tinyworlds feed FSQ coordinates. Empty: id embeddings only.
+    code_levels: list[int] = field(default_factory=list)
     gradient_checkpointing: bool = False  # recompute block activations in backward (memory)
 
     @property
@@ -122,6 +127,11 @@ class DynamicsConfig:
             problems.append(f"scheduled_sampling must be in [0, 1], got {self.scheduled_sampling}")
         if not 0 <= self.corrupt_max < 1:
             problems.append(f"corrupt_max must be in [0, 1), got {self.corrupt_max}")
+        if self.code_levels and math.prod(self.code_levels) != self.num_codes:
+            problems.append(
+                f"code_levels {self.code_levels} give {math.prod(self.code_levels)} codes, "
+                f"not num_codes={self.num_codes}"
+            )
         if problems:
             raise ValueError("bad dynamics config: " + "; ".join(problems))
 

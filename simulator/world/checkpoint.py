@@ -3,7 +3,7 @@ together, plus `world.json` saying how a player steers them.
 
     WORLD/
       world.json     action space, default sampling config, window hop
-      tokenizer/     VideoTokenizer.save_pretrained
+      tokenizer/     VideoTokenizer or DeltaTokenizer (tokenizer.registry), save_pretrained
       dynamics/      DynamicsModel.save_pretrained
       lam/           LatentActionModel.save_pretrained (optional)
 
@@ -30,13 +30,13 @@ from simulator.world.spec import (
     discrete_space,
     read_world_spec,
 )
-from tokenizer.model import VideoTokenizer
+from tokenizer.registry import AnyTokenizer, load_tokenizer
 from worldsim.io.files import replace_dir
 
 
 @dataclass
 class World:
-    tokenizer: VideoTokenizer
+    tokenizer: AnyTokenizer
     dynamics: DynamicsModel
     lam: LatentActionModel | None
     spec: WorldSpec
@@ -44,7 +44,7 @@ class World:
 
 def save_world(
     path: str | os.PathLike[str],
-    tokenizer: VideoTokenizer,
+    tokenizer: AnyTokenizer,
     dynamics: DynamicsModel,
     lam: LatentActionModel | None = None,
     spec: WorldSpec | None = None,
@@ -72,7 +72,7 @@ def load_world(path: str | os.PathLike[str], device: Any = "cpu") -> World:
     """Load and cross-check a world folder written by `save_world`."""
     path = Path(path)
     spec = read_world_spec(path)
-    tokenizer = VideoTokenizer.from_pretrained(path / "tokenizer").to(device).eval()
+    tokenizer = load_tokenizer(path / "tokenizer").to(device).eval()
     dynamics = DynamicsModel.from_pretrained(path / "dynamics").to(device).eval()
     lam = None
     if (path / "lam").exists():
@@ -97,7 +97,7 @@ def pack_world(
     rollout` and the app load. `steer` picks the action source players use (default: what
     `WorldSpec.default_for` picks); `steps`, `temperature` and `guidance` the default
     sampling (None: SamplingConfig's)."""
-    tokenizer = VideoTokenizer.from_pretrained(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
     dynamics = DynamicsModel.from_pretrained(dynamics_path)
     lam = None if lam_path is None else LatentActionModel.from_pretrained(lam_path)
     spec = WorldSpec.default_for(dynamics)

@@ -11,24 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from data_pipeline.config import ShardConfig
 from data_pipeline.loader import LoaderConfig, ShardLoader
-from data_pipeline.shard_job import run_shard_job
 from tokenizer.evaluate import bicubic_side
 from tokenizer.model import VideoTokenizer
 from tokenizer.train_task import AugmentConfig, TokenizerTask, TokenizerTrainConfig
 from worldsim.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("coinrun16")
-    cfg = ShardConfig(
-        sources=["procgen:coinrun"], out=str(out), size=16, frames=8, stride=8,
-        episodes=4, max_steps=64, units_per_shard=2, workers=1,
-    )  # fmt: skip
-    run_shard_job(cfg)
-    return out
 
 
 def train(shards: Path, run: Path, steps: int, extra: list[str] | None = None) -> int:

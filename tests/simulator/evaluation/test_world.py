@@ -60,10 +60,14 @@ class FakeTokenizer(nn.Module):
         up = repeat(pixels, "b t h w -> b t c (h p) (w q)", c=3, p=SIDE // 2, q=SIDE // 2)
         return up.contiguous()
 
-    def decode_start(self, tokens_BThw: Tensor, hop=None, cached=True) -> tuple[Tensor, None]:
-        return self.decode(tokens_BThw), None  # frames decode independently: no state
+    def start(self, frames_BTCHW: Tensor, hop=None, cached=True) -> tuple[Tensor, Tensor, None]:
+        tokens = self.encode(frames_BTCHW)
+        return tokens, self.decode(tokens), None  # frames decode independently: no state
 
-    def decode_step(self, tokens_Bhw: Tensor, state: None) -> tuple[Tensor, None]:
+    def reconstruct(self, frames_BTCHW: Tensor) -> Tensor:
+        return self.decode(self.encode(frames_BTCHW))
+
+    def decode_step(self, tokens_Bhw: Tensor, state: None, observed=None) -> tuple[Tensor, None]:
         return self.decode(tokens_Bhw[:, None])[:, 0], state
 
 
@@ -182,6 +186,14 @@ def test_true_action_dynamics_gets_true_and_random_curves() -> None:
     assert set(report.delta_t_psnr) == {"true"} and report.delta_t_psnr["true"] > 10
     with pytest.raises(ValueError, match="conditions on true actions but 2 clips"):
         run(FakeDynamics("discrete"), [fake_batch(b=2, with_actions=False)], horizon=6)
+
+
+def test_shuffled_actions_raise_the_loss_only_of_a_model_that_reads_them() -> None:
+    steered = run(FakeDynamics("discrete"), horizon=6).action_shuffle
+    assert steered is not None and steered["loss_own_changed"] < 0.1
+    assert steered["rise_changed"] > 1.0 and steered["rise_all"] > 0.1
+    blind = run(FakeDynamics("discrete", noisy=True), horizon=6).action_shuffle
+    assert blind is not None and blind["rise_changed"] == pytest.approx(0.0, abs=1e-6)
 
 
 class SeparableFakeDynamics(FakeDynamics):

@@ -419,3 +419,22 @@ def test_effect_classes_become_the_discrete_actions(monkeypatch, tmp_path: Path)
     assert batch_actions(batch, model_cfg).discrete.tolist() == [[0, 1, 1, 0]]
     with pytest.raises(ValueError, match="action_groups has 2 groups for 3 discrete actions"):
         dynamics_preset("tiny", num_discrete_actions=3, action_groups=[[0], [1]])
+
+
+def test_code_levels_embed_each_token_from_the_tokenizers_fsq_digits() -> None:
+    from tokenizer.quantizers import FSQ
+
+    model = DynamicsModel(tiny_config(code_levels=[5, 5, 5], action_sources=["latent"]))
+    ids = torch.arange(125)
+    assert model.code_embed is not None
+    torch.testing.assert_close(model.code_digits[:125], FSQ([5, 5, 5]).embed(ids))
+    assert not model.code_digits[125].any()  # the mask id carries no digits
+    tokens = torch.randint(0, 125, (2, 3, 4, 4))
+    still = ActionInputs(latent=torch.zeros(2, 2, dtype=torch.long))
+    with_digits = model.embed(tokens, None, still)
+    with torch.no_grad():
+        model.code_embed.weight.zero_()
+    plain = model.embed(tokens, None, still)
+    assert not torch.allclose(with_digits, plain)  # the digits reach the input
+    with pytest.raises(ValueError, match=r"code_levels \[5, 5\] give 25 codes, not num_codes=125"):
+        tiny_config(code_levels=[5, 5]).validate()
