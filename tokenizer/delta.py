@@ -197,9 +197,9 @@ class DeltaTokenizer(PretrainedModel):
     def reconstruct(self, frames_BTCHW: Tensor) -> Tensor:
         """A real clip rendered from its first frame and its own tokens, each frame from the
         renderer's previous outputs: what a world with a perfect dynamics model shows."""
-        tokens_BThw, shown, state = self.start(frames_BTCHW[:, :1])
         tokens_BThw = self.encode(frames_BTCHW)
-        out = [shown[:, 0]]
+        first = frames_BTCHW[:, 0].clamp(-1, 1)
+        out, state = [first], DeltaState(first, first)
         for t in range(1, frames_BTCHW.shape[1]):
             frame, state = self.decode_step(tokens_BThw[:, t], state)
             out.append(frame)
