@@ -194,10 +194,12 @@ class DeltaTokenizer(PretrainedModel):
             frame = observed.to(frame.dtype).clamp(-1, 1)
         return frame, DeltaState(state.current_BCHW, frame)
 
-    def reconstruct(self, frames_BTCHW: Tensor) -> Tensor:
-        """A real clip rendered from its first frame and its own tokens, each frame from the
-        renderer's previous outputs: what a world with a perfect dynamics model shows."""
-        tokens_BThw = self.encode(frames_BTCHW)
+    def reconstruct(self, frames_BTCHW: Tensor, tokens_BThw: Tensor | None = None) -> Tensor:
+        """A real clip rendered from its first frame and its own tokens (`tokens_BThw` when
+        already encoded), each frame from the renderer's previous outputs: what a world with a
+        perfect dynamics model shows."""
+        if tokens_BThw is None:
+            tokens_BThw = self.encode(frames_BTCHW)
         first = frames_BTCHW[:, 0].clamp(-1, 1)
         out, state = [first], DeltaState(first, first)
         for t in range(1, frames_BTCHW.shape[1]):

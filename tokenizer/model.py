@@ -231,9 +231,10 @@ class VideoTokenizer(PretrainedModel):
         tokens_BThw = self.encode(frames_BTCHW)
         return (tokens_BThw, *self.decode_start(tokens_BThw, hop, cached))
 
-    def reconstruct(self, frames_BTCHW: Tensor) -> Tensor:
-        """A clip decoded from its own tokens: what a world with a perfect dynamics shows."""
-        return self.decode(self.encode(frames_BTCHW))
+    def reconstruct(self, frames_BTCHW: Tensor, tokens_BThw: Tensor | None = None) -> Tensor:
+        """A clip decoded from its own tokens (`tokens_BThw` when already encoded): what a world
+        with a perfect dynamics shows."""
+        return self.decode(self.encode(frames_BTCHW) if tokens_BThw is None else tokens_BThw)
 
     def decode_step(
         self, tokens_Bhw: Tensor, state: DecodeState, observed: Tensor | None = None

@@ -153,6 +153,14 @@ TRAIN_TASKS: dict[str, Callable[[str, list[str]], tuple[Any, Any]]] = {
 }
 
 
+# What `worldsim train --help` calls a model whose command name is not a whole name.
+TRAIN_NAMES = {
+    "delta": "delta tokenizer",
+    "lam": "latent action model",
+    "idm": "inverse dynamics model",
+}
+
+
 def _train(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
@@ -294,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer = stages.add_parser("train", help="train a model with the shared accelerate driver")
     models = trainer.add_subparsers(dest="model", required=True)
     for name in TRAIN_TASKS:
-        sub = models.add_parser(name, help=f"train the {name}")
+        sub = models.add_parser(name, help=f"train the {TRAIN_NAMES.get(name, name)}")
         sub.add_argument(
             "--config", required=True, help=f"preset in configs/{name}/ or a YAML path"
         )

@@ -239,7 +239,7 @@ def _score_batch(
     real, h = frames[:, 1:], cfg.horizon
     tokens = any_engine.encode(frames)
     reconstruct = any_engine.tokenizer.reconstruct  # what a perfect dynamics would show
-    meters.add_curves(TOKENIZER, reconstruct(frames)[:, 1:], real)
+    meters.add_curves(TOKENIZER, reconstruct(frames, tokens)[:, 1:], real)
     meters.add_curves(COPY, reconstruct(frames[:, :1].expand(-1, h, -1, -1, -1)), real)
     seed = cfg.seed * 1_000_003 + index
     videos, steering = {}, _world_actions(engines, streams)

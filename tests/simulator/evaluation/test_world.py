@@ -64,8 +64,8 @@ class FakeTokenizer(nn.Module):
         tokens = self.encode(frames_BTCHW)
         return tokens, self.decode(tokens), None  # frames decode independently: no state
 
-    def reconstruct(self, frames_BTCHW: Tensor) -> Tensor:
-        return self.decode(self.encode(frames_BTCHW))
+    def reconstruct(self, frames_BTCHW: Tensor, tokens_BThw=None) -> Tensor:
+        return self.decode(self.encode(frames_BTCHW) if tokens_BThw is None else tokens_BThw)
 
     def decode_step(self, tokens_Bhw: Tensor, state: None, observed=None) -> tuple[Tensor, None]:
         return self.decode(tokens_Bhw[:, None])[:, 0], state
