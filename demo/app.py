@@ -105,7 +105,7 @@ def _layout(handlers: PlayHandlers) -> Page:
         with gr.Column(scale=2):
             c["gallery"] = gr.Gallery(
                 [(str(s.path), s.label) for s in handlers.starts], columns=6, height=180,
-                label="start frames (held-out levels)", allow_preview=False,
+                label="start frames (held-out levels)", allow_preview=False, elem_id="ws-starts",
             )  # fmt: skip
             c["clips"] = gr.Dropdown(
                 handlers.shard_clips, label="or a clip of the shards",

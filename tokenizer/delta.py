@@ -40,6 +40,10 @@ from tokenizer.quantizers import FSQ, code_statistics
 from worldsim.nn.frames import ResBlock
 from worldsim.nn.pretrained import PretrainedModel
 
+# A pixel "changes" between frames when a channel moves by more than this ([-1, 1] scale: about
+# 13 of 255 levels), above the noise of video compression and below any visible edit.
+CHANGED_PIXEL = 0.1
+
 
 @dataclass(frozen=True, eq=False)  # holds tensors
 class DeltaState:
@@ -66,9 +70,9 @@ class FiLMBlock(nn.Module):
         return x + self.conv2(F.silu(h))
 
 
-def warp(frames_BCHW: Tensor, flow_B2HW: Tensor) -> Tensor:
-    """Backward warp: output pixel (y, x) reads the input at (y + flow_y, x + flow_x), bilinear,
-    edges repeated."""
+def warp(frames_BCHW: Tensor, flow_B2HW: Tensor, mode: str = "bilinear") -> Tensor:
+    """Backward warp: output pixel (y, x) reads the input at (y + flow_y, x + flow_x),
+    interpolated by `mode` ("bilinear" or "bicubic"), edges repeated."""
     b, _, h, w = frames_BCHW.shape
     ys = torch.arange(h, device=frames_BCHW.device, dtype=flow_B2HW.dtype)
     xs = torch.arange(w, device=frames_BCHW.device, dtype=flow_B2HW.dtype)
@@ -76,7 +80,7 @@ def warp(frames_BCHW: Tensor, flow_B2HW: Tensor) -> Tensor:
     y = ys.view(1, h, 1) + flow_B2HW[:, 1]
     grid = torch.stack([(2 * x + 1) / w - 1, (2 * y + 1) / h - 1], dim=-1)
     return F.grid_sample(
-        frames_BCHW, grid.to(frames_BCHW.dtype), padding_mode="border", align_corners=False
+        frames_BCHW, grid.to(frames_BCHW.dtype), mode, padding_mode="border", align_corners=False
     )
 
 
@@ -126,6 +130,13 @@ class DeltaTokenizer(PretrainedModel):
     def num_codes(self) -> int:
         return self.quantizer.num_codes
 
+    def freeze_tokens(self) -> None:
+        """Stop training the change encoder, which decides the tokens: training then improves
+        only the renderer, and every token, with any dynamics model trained on them, stays
+        valid."""
+        self.change_encoder.requires_grad_(False)
+        self.quantizer.requires_grad_(False)
+
     # -- tokens -------------------------------------------------------------------------------
 
     def encode(self, frames_BTCHW: Tensor) -> Tensor:
@@ -163,7 +174,7 @@ class DeltaTokenizer(PretrainedModel):
         x = self.film_full(self.merge_full(torch.cat([self.up_full(x), full], dim=1)), cond_BD)
         out = self.out(F.silu(x))
         flow_B2HW = torch.tanh(out[:, :2] / self.cfg.max_flow) * self.cfg.max_flow
-        return warp(current_BCHW, flow_B2HW) + out[:, 2:]
+        return warp(current_BCHW, flow_B2HW, self.cfg.interpolation) + out[:, 2:]
 
     def start(
         self, frames_BTCHW: Tensor, hop: int | None = None, cached: bool = True
@@ -209,13 +220,27 @@ class DeltaTokenizer(PretrainedModel):
 
     # -- training -----------------------------------------------------------------------------
 
-    def forward(self, frames_BTCHW: Tensor, closed_loop: float = 0.0) -> TokenizerOutput:
-        return self.loss(frames_BTCHW, closed_loop)
+    def forward(self, frames_BTCHW: Tensor, **options: Any) -> TokenizerOutput:
+        """The training loss (`loss`; `options` are its keyword arguments)."""
+        return self.loss(frames_BTCHW, **options)
 
-    def loss(self, frames_BTCHW: Tensor, closed_loop: float = 0.0) -> TokenizerOutput:
+    def loss(
+        self,
+        frames_BTCHW: Tensor,
+        closed_loop: float = 0.0,
+        through_time: bool = False,
+        change_weight: float = 1.0,
+    ) -> TokenizerOutput:
         """MSE of frames 1..T-1 rendered one at a time. A share `closed_loop` of the clips is
-        rendered from the renderer's own previous outputs (detached), as the engine renders,
-        the rest from the real previous frames; the tokens always come from the real clip."""
+        rendered from the renderer's own previous outputs, as the engine renders, the rest from
+        the real previous frames; the tokens always come from the real clip. `through_time`
+        lets the gradient flow back through those own outputs (backpropagation through time),
+        so a render is also trained by the frames drawn from it later: detail lost now costs
+        every later frame, which a detached render never learns. Pixels that change between
+        real frames t and t+1 weigh `change_weight` times the others in the loss (`mse` in the
+        metrics stays plain): a sprite turning covers a few dozen of 4096 pixels, too few for a
+        plain MSE to spend tokens on, yet it is what a key does, and a render that misses it
+        misses it for the rest of a rollout."""
         self.check_frames(frames_BTCHW)
         b, t = frames_BTCHW.shape[:2]
         if t < 2:
@@ -228,11 +253,16 @@ class DeltaTokenizer(PretrainedModel):
         for i in range(t - 1):
             render = self.render(previous, current, quant.quantized[:, i].to(current.dtype))
             renders.append(render)
-            own = render.detach().clamp(-1, 1).to(current.dtype)
+            own = (render if through_time else render.detach()).clamp(-1, 1).to(current.dtype)
             previous, current = current, torch.where(own_B111, own, frames_BTCHW[:, i + 1])
         recon = torch.stack(renders, dim=1).float()
         target = frames_BTCHW[:, 1:]
         mse = F.mse_loss(recon, target)
+        loss = mse
+        if change_weight != 1.0:
+            changed = (target - frames_BTCHW[:, :-1]).abs().amax(dim=2, keepdim=True)
+            weight = 1 + (change_weight - 1) * (changed > CHANGED_PIXEL).float()
+            loss = (weight * (recon - target).pow(2)).mean() / weight.mean()
         usage, perplexity = code_statistics(quant.indices, self.num_codes)
         copy_mse = F.mse_loss(frames_BTCHW[:, :-1], target)  # copying the last real frame
         first_mse = F.mse_loss(frames_BTCHW[:, :1].expand_as(target), target)  # the first
@@ -249,7 +279,7 @@ class DeltaTokenizer(PretrainedModel):
             "perplexity": perplexity,
         }
         full = torch.cat([frames_BTCHW[:, :1], recon.detach()], dim=1)
-        return TokenizerOutput(loss=mse, metrics=metrics, recon=full)
+        return TokenizerOutput(loss=loss, metrics=metrics, recon=full)
 
     # -- checks -------------------------------------------------------------------------------
 

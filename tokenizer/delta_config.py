@@ -34,6 +34,10 @@ class DeltaTokenizerConfig:
     cond_width: int = 256  # width of the token vector that modulates the renderer (FiLM)
     # Largest displacement the renderer's flow may take, in pixels: the bound of its tanh.
     max_flow: float = 8.0
+    # How the warp reads between pixels (grid_sample mode). Bilinear averages neighbours, a
+    # low-pass filter that a rollout applies again every step (textures and sprites blur away
+    # in 10-20 steps); bicubic keeps more of the detail a sub-pixel shift moves.
+    interpolation: str = "bilinear"
 
     @property
     def grid(self) -> int:
@@ -70,6 +74,8 @@ class DeltaTokenizerConfig:
             )
         if not self.levels or any(level < 2 for level in self.levels):
             out.append(f"levels must be a non-empty list of ints >= 2, got {self.levels}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            out.append(f"interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}")
         if self.blocks < 0 or self.max_flow <= 0:
             out.append("blocks must be >= 0 and max_flow > 0")
         if out:

@@ -31,6 +31,19 @@ class DeltaTrainConfig:
     # Share of training clips rendered from the renderer's own previous frames, as the engine
     # renders (DeltaTokenizer.loss); evaluation always renders closed-loop, the world's way.
     closed_loop: float = 0.5
+    # Backpropagate through the renderer's own frames (DeltaTokenizer.loss): measured to keep
+    # rollouts sharp where detached closed-loop training lets them blur (RECIPE, rung 4).
+    through_time: bool = False
+    # Weight of the pixels that change between real frames in the loss (DeltaTokenizer.loss):
+    # the few pixels a key changes (a sprite turning) must not drown in the still background.
+    change_weight: float = 1.0
+    # Share of training clips replaced by their first frame held still: the renderer learns
+    # that "no change" tokens give back the frame it was shown (run on its own renders a still
+    # scene otherwise drifts, and pale levels dissolve within 20 steps).
+    still_clips: float = 0.0
+    # Train only the renderer (DeltaTokenizer.freeze_tokens): a fine-tune that keeps the tokens,
+    # so a world's dynamics model needs no retraining. Start it with train.init_from.
+    renderer_only: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def model_config(self) -> DeltaTokenizerConfig:
@@ -49,14 +62,28 @@ class DeltaTask(FrameShardBatches):
         self.model_cfg = cfg.model_config()  # fails now, not after the data is opened
         if not 0 <= cfg.closed_loop <= 1:
             raise ValueError(f"closed_loop must be in [0, 1], got {cfg.closed_loop}")
+        if not 0 <= cfg.still_clips <= 1:
+            raise ValueError(f"still_clips must be in [0, 1], got {cfg.still_clips}")
+        if cfg.change_weight < 1:
+            raise ValueError(f"change_weight must be >= 1, got {cfg.change_weight}")
 
     def build_model(self) -> DeltaTokenizer:
-        return DeltaTokenizer(self.model_cfg)
+        model = DeltaTokenizer(self.model_cfg)
+        if self.cfg.renderer_only:
+            model.freeze_tokens()
+        return model
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> TokenizerOutput:
+        frames, closed_loop = batch.frames, 1.0
+        if model.training:
+            closed_loop = self.cfg.closed_loop
+            still_B1111 = torch.rand(frames.shape[0], device=frames.device) < self.cfg.still_clips
+            still_B1111 = still_B1111.view(-1, 1, 1, 1, 1)
+            frames = torch.where(still_B1111, frames[:, :1].expand_as(frames), frames)
         out: TokenizerOutput = model(
-            batch.frames, closed_loop=self.cfg.closed_loop if model.training else 1.0
-        )
+            frames, closed_loop=closed_loop, through_time=self.cfg.through_time,
+            change_weight=self.cfg.change_weight,
+        )  # fmt: skip
         return out
 
     def visualize(self, model: torch.nn.Module, batch: Batch, path_prefix: Path) -> list[Path]:

@@ -4,7 +4,7 @@ and presents its result; `worldsim/cli.py` mounts them.
 
 worldsim eval tokenizer --checkpoint DIR --shards DATA [--split test]
 worldsim eval world --world WORLD --shards DATA [--idm IDM --fvd-clips N]
-worldsim eval idm --checkpoint IDM --shards DATA [--split test]
+worldsim eval idm --checkpoint IDM --shards DATA [--split test] [--tokenizer TOK]
 worldsim eval fvd --real VIDEOS --fake VIDEOS [--clips 2048 --frames 16]
 worldsim eval videos --real VIDEOS --fake VIDEOS [--frames 16 --fvd-clips N]
 """
@@ -79,8 +79,11 @@ def _eval_keys(args: argparse.Namespace) -> int:
             starts.append(batch.frames[0, 0])
         if len(starts) == args.starts:
             break
-    paths = write_held_keys(engine, torch.stack(starts), args.out, args.steps, seed=args.seed)
-    print(f"held keys: {len(starts)} starts x {args.steps} steps -> {', '.join(map(str, paths))}")
+    held = write_held_keys(engine, torch.stack(starts), args.out, args.steps, seed=args.seed)
+    print(
+        f"held keys: {len(starts)} starts x {args.steps} steps -> {', '.join(map(str, held.paths))}"
+    )
+    print(held.render())
     return 0
 
 
@@ -162,9 +165,16 @@ def _eval_idm(args: argparse.Namespace) -> int:
     idm = InverseDynamicsModel.from_pretrained(args.checkpoint).to(args.device)
     data = LoaderConfig(shards=args.shards, split=args.split, batch_size=args.batch_size,
                         shuffle=False, num_workers=0)  # fmt: skip
-    report = idm_accuracy(idm, ShardLoader(data, rank=0, world_size=1), args.max_batches)
+    loader = ShardLoader(data, rank=0, world_size=1)
+    reconstruct, out = None, Path(args.checkpoint) / f"eval_{args.split}.json"
+    if args.tokenizer:
+        from tokenizer.registry import load_tokenizer
+
+        reconstruct = load_tokenizer(args.tokenizer).to(args.device).eval().reconstruct
+        out = Path(args.tokenizer) / f"idm_{args.split}.json"
+    report = idm_accuracy(idm, loader, args.max_batches, reconstruct)
     print(report.render())
-    out = Path(args.out or Path(args.checkpoint) / f"eval_{args.split}.json")
+    out = Path(args.out or out)
     from worldsim.io.files import write_atomic
 
     write_atomic(out, report.to_json().encode())
@@ -288,6 +298,14 @@ def _add_eval_world(evals: Any) -> None:
     idm.add_argument("--split", default="test")
     idm.add_argument("--batch-size", type=int, default=8)
     idm.add_argument("--max-batches", type=int, default=None, help="default: the whole split")
-    idm.add_argument("--out", default=None, help="JSON report (default CHECKPOINT/eval_SPLIT.json)")
+    idm.add_argument(
+        "--tokenizer", default=None,
+        help="also score this tokenizer's closed-loop renders of the real tokens (the "
+        "controllability a perfect dynamics model would reach)",
+    )  # fmt: skip
+    idm.add_argument(
+        "--out", default=None,
+        help="JSON report (default CHECKPOINT/eval_SPLIT.json, or TOKENIZER/idm_SPLIT.json)",
+    )  # fmt: skip
     idm.add_argument("--device", default="cpu")
     idm.set_defaults(func=_eval_idm)

@@ -10,7 +10,7 @@ treats as one are never counted as confusions.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,6 +20,9 @@ from data_pipeline.loader import Batch
 from simulator.evaluation.idm import InverseDynamicsModel
 
 GENERATED, REAL, FLOOR = "generated", "real", "floor"
+# The tokenizer's rendering of the real clip's own tokens: what a perfect dynamics model would
+# score, so a low figure there puts the fault in the renderer, not the dynamics.
+RECONSTRUCTED = "reconstructed"
 
 
 @dataclass
@@ -33,14 +36,18 @@ class Agreement:
 
 
 class ControllabilityMeter:
-    """Accumulates IDM hits per effect class for generated frames, real frames and the floor."""
+    """Accumulates IDM hits per effect class for generated, reconstructed and real frames and the
+    floor."""
 
     def __init__(self, idm: InverseDynamicsModel) -> None:
         self.idm = idm
         k = idm.cfg.num_classes
         names = idm.cfg.group_names or [str(i) for i in range(k)]
         self.names = list(names)
-        self.hits = {name: torch.zeros(k, dtype=torch.int64) for name in (GENERATED, REAL, FLOOR)}
+        self.hits = {
+            name: torch.zeros(k, dtype=torch.int64)
+            for name in (GENERATED, RECONSTRUCTED, REAL, FLOOR)
+        }
         self.totals = {name: torch.zeros(k, dtype=torch.int64) for name in self.hits}
 
     @torch.no_grad()
@@ -81,33 +88,53 @@ class IDMReport:
     real: Agreement  # consecutive real frames: the ceiling of controllability
     floor: Agreement  # frame t with frame t+1 of another clip: what no information scores
     classes: list[str]
+    # A tokenizer's closed-loop rendering of each real clip from its first frame and its own
+    # tokens (when one was given): the controllability a perfect dynamics model would reach.
+    reconstructed: Agreement | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 
     def render(self) -> str:
         per = ", ".join(f"{k} {v:.0%}" for k, v in self.real.per_class.items())
-        return (
+        lines = [
             f"IDM on {self.real.transitions} held-out real transitions: accuracy "
             f"{self.real.accuracy:.1%} (balanced {self.real.balanced_accuracy:.1%}); random pairs "
-            f"{self.floor.accuracy:.1%} (balanced {self.floor.balanced_accuracy:.1%})\n"
-            f"  per action: {per}"
-        )
+            f"{self.floor.accuracy:.1%} (balanced {self.floor.balanced_accuracy:.1%})",
+            f"  per action: {per}",
+        ]
+        if (recon := self.reconstructed) is not None:
+            per = ", ".join(f"{k} {v:.0%}" for k, v in recon.per_class.items())
+            lines += [
+                f"  on the tokenizer's renders of the real tokens: accuracy {recon.accuracy:.1%} "
+                f"(balanced {recon.balanced_accuracy:.1%}), "
+                f"{recon.accuracy / max(self.real.accuracy, 1e-9):.0%} of real",
+                f"  per action: {per}",
+            ]
+        return "\n".join(lines)
 
 
 @torch.no_grad()
 def idm_accuracy(
-    idm: InverseDynamicsModel, loader: Iterable[Batch], max_batches: int | None = None
+    idm: InverseDynamicsModel,
+    loader: Iterable[Batch],
+    max_batches: int | None = None,
+    reconstruct: Callable[[Tensor], Tensor] | None = None,
 ) -> IDMReport:
-    """The IDM's agreement with the true actions of real clips, and on mismatched pairs."""
+    """The IDM's agreement with the true actions of real clips, on mismatched pairs and, given
+    a tokenizer's `reconstruct` (frames -> frames rendered from frame 0 and their own tokens),
+    on those renders."""
     idm.eval()
     meter = ControllabilityMeter(idm)
     device = next(idm.parameters()).device
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        meter.add(REAL, batch.frames.to(device), batch.actions[:, :-1])
+        frames, actions = batch.frames.to(device), batch.actions[:, :-1]
+        meter.add(REAL, frames, actions)
+        if reconstruct is not None:
+            meter.add(RECONSTRUCTED, reconstruct(frames), actions)
     real, floor = meter.agreement(REAL), meter.agreement(FLOOR)
     if real is None or floor is None:
         raise ValueError("the IDM evaluation needs batches of at least 2 clips with actions")
-    return IDMReport(real, floor, meter.names)
+    return IDMReport(real, floor, meter.names, meter.agreement(RECONSTRUCTED))

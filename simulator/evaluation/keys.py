@@ -3,11 +3,14 @@ as a contact sheet and an mp4. It answers what numbers do not: does each key do 
 expects, does the level's look survive, and where does the world break.
 
 Rows are the keys a player uses most (LEFT, RIGHT, JUMP, still), found by name in the world's
-action space (a world steered by latent actions has no such names and is refused).
+action space (a world steered by latent actions has no such names and is refused). Each key's
+view shift (`view_shift`: how far the scene moved between the start and a later frame) says in
+numbers whether RIGHT scrolls the level left, LEFT the other way and JUMP the camera up.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,46 @@ def held_key_actions(engine: WorldSimulator) -> dict[str, int]:
     return rows
 
 
+def view_shift(before_BCHW: Tensor, after_BCHW: Tensor, max_shift: int = 12) -> Tensor:
+    """(B, 2) integer (dx, dy) in pixels by which the scene moved from `before` to `after`:
+    the translation of `before` that best matches `after` (least squared error) on the central
+    crop both frames share. dx < 0: the scene moved left in the frame, as it does when the view
+    follows a player walking right; dy > 0: it moved down (the view went up). Ties, as in a
+    flat sky, go to the smallest shift."""
+    h, w, m = after_BCHW.shape[-2], after_BCHW.shape[-1], max_shift
+    if min(h, w) <= 2 * m:
+        raise ValueError(f"frames of {h}x{w} px leave no crop for shifts up to {m} px")
+    target = after_BCHW[..., m : h - m, m : w - m].float()
+    errors, shifts = [], []
+    for dy in range(-m, m + 1):
+        for dx in range(-m, m + 1):
+            moved = before_BCHW[..., m - dy : h - m - dy, m - dx : w - m - dx].float()
+            # a tiny cost per pixel of shift breaks ties toward no motion
+            errors.append((moved - target).pow(2).mean(dim=(1, 2, 3)) + 1e-6 * (abs(dx) + abs(dy)))
+            shifts.append((dx, dy))
+    best = torch.stack(errors, dim=1).argmin(dim=1)
+    return torch.tensor(shifts, device=best.device)[best]
+
+
+@dataclass
+class HeldKeys:
+    paths: list[Path]  # held_keys.png and held_keys.mp4
+    shift_after: int  # the frame whose view shift from the start is measured
+    # key label -> (dx, dy) view shift of each start (S, 2) after `shift_after` frames
+    shifts: dict[str, Tensor]
+
+    def render(self) -> str:
+        lines = [f"view shift from the start to frame {self.shift_after} (px, median of starts):"]
+        for key, s in self.shifts.items():
+            dx, dy = s.float().median(dim=0).values.tolist()
+            left = int((s[:, 0] < 0).sum())
+            lines.append(
+                f"  {key:<6} dx {dx:+.0f}, dy {dy:+.0f}; the scene moved left in {left} of "
+                f"{len(s)} starts"
+            )
+        return "\n".join(lines)
+
+
 def write_held_keys(
     engine: WorldSimulator,
     starts_BCHW: Tensor,
@@ -51,13 +94,21 @@ def write_held_keys(
     steps: int = 64,
     every: int = 4,
     seed: int = 0,
-) -> list[Path]:
+    shift_after: int = 8,
+) -> HeldKeys:
     """`held_keys.png` (one labelled row per start and key: every `every`-th frame and the
-    last) and `held_keys.mp4` (keys as rows, starts as columns, all frames)."""
+    last) and `held_keys.mp4` (keys as rows, starts as columns, all frames), and each key's view
+    shift from the start to frame `shift_after`."""
     rows_by_key = held_key_actions(engine)
     labels = list(rows_by_key)
     with torch.no_grad():
         video = held_action_rollouts(engine, starts_BCHW, list(rows_by_key.values()), steps, seed)
+    after = min(shift_after, steps)
+    reach = min(12, min(video.shape[-2:]) // 4)  # 12 px: ~5 steps of CoinRun's top speed
+    shifts = {
+        key: view_shift(video[:, i, 0], video[:, i, after], reach).cpu()
+        for i, key in enumerate(labels)
+    }
     clips = to_uint8_clips(video)  # (S, K, T, H, W, 3)
     shown = sorted(set(range(0, steps + 1, every)) | {steps})
     size = clips.shape[-2]
@@ -70,7 +121,7 @@ def write_held_keys(
     png = write_grid_png(rows, out / "held_keys.png")
     tiles = rearrange(clips, "s k t h w c -> s t (k h) w c")  # keys stacked in each column
     mp4 = write_side_by_side_mp4(list(np.ascontiguousarray(tiles)), out / "held_keys.mp4", 8, 2)
-    return [png, mp4]
+    return HeldKeys([png, mp4], after, shifts)
 
 
 def _label_cell(text: str, size: int) -> np.ndarray:

@@ -42,7 +42,12 @@ from simulator.evaluation.actions import (
     Conditioning,
     generator_for,
 )
-from simulator.evaluation.controllability import GENERATED, REAL, ControllabilityMeter
+from simulator.evaluation.controllability import (
+    GENERATED,
+    REAL,
+    RECONSTRUCTED,
+    ControllabilityMeter,
+)
 from simulator.evaluation.fvd import frechet_distance, gaussian_stats, i3d_features
 from simulator.evaluation.idm import InverseDynamicsModel
 from simulator.evaluation.metrics import (
@@ -239,7 +244,8 @@ def _score_batch(
     real, h = frames[:, 1:], cfg.horizon
     tokens = any_engine.encode(frames)
     reconstruct = any_engine.tokenizer.reconstruct  # what a perfect dynamics would show
-    meters.add_curves(TOKENIZER, reconstruct(frames, tokens)[:, 1:], real)
+    reconstructed = reconstruct(frames, tokens)
+    meters.add_curves(TOKENIZER, reconstructed[:, 1:], real)
     meters.add_curves(COPY, reconstruct(frames[:, :1].expand(-1, h, -1, -1, -1)), real)
     seed = cfg.seed * 1_000_003 + index
     videos, steering = {}, _world_actions(engines, streams)
@@ -259,6 +265,7 @@ def _score_batch(
     meters.shuffle.add(any_engine.dynamics, tokens, own, seed)
     if meters.control is not None and TRUE in videos:
         meters.control.add(GENERATED, videos[TRUE], streams[TRUE])
+        meters.control.add(RECONSTRUCTED, reconstructed, streams[TRUE])
         meters.control.add(REAL, frames, streams[TRUE])
     left = cfg.fvd_clips - sum(map(len, meters.fvd["real"]))
     if meters.i3d is not None and left > 0:  # features now, so memory stays bounded
@@ -366,7 +373,7 @@ def _report(
     control = None
     if meters.control is not None and meters.control.agreement(GENERATED) is not None:
         control = {
-            kind: asdict(a) for kind in (GENERATED, REAL, "floor")
+            kind: asdict(a) for kind in (GENERATED, RECONSTRUCTED, REAL, "floor")
             if (a := meters.control.agreement(kind)) is not None
         }  # fmt: skip
     return WorldReport(

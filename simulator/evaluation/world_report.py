@@ -124,11 +124,20 @@ class WorldReport:
             f"(balanced {gen['balanced_accuracy']:.1%}); on real frames {ceiling}, floor "
             f"{floor:.1%}" + (f"; {share:.0%} of the ceiling" if share is not None else "")
         ]
+        if recon := c.get("reconstructed"):  # reports written before it lack it
+            out.append(
+                f"    on the tokenizer's rendering of the real tokens (a perfect dynamics): "
+                f"{recon['accuracy']:.1%} (balanced {recon['balanced_accuracy']:.1%})"
+            )
+        recon_per = (recon or {}).get("per_class", {})
         per = ", ".join(
-            f"{k} {v:.0%}/{real.get('per_class', {}).get(k, float('nan')):.0%}"
+            f"{k} {v:.0%}/"
+            + (f"{recon_per[k]:.0%}/" if k in recon_per else "")
+            + f"{real.get('per_class', {}).get(k, float('nan')):.0%}"
             for k, v in gen["per_class"].items()
         )
-        return [*out, f"    per action, generated/real: {per}"]
+        kinds = "generated/reconstructed/real" if recon_per else "generated/real"
+        return [*out, f"    per action, {kinds}: {per}"]
 
     def warnings(self) -> dict[str, str]:
         """Steered curves that lose to copying the prompt frame on average over the horizon."""

@@ -1,10 +1,13 @@
 """`worldsim play` in a real browser: Debian's chromium driven by Playwright starts the shipped
-world, holds keys, and sees the frame change and the FPS readout appear. Marked `browser` (CI
-runs it after `apt-get install chromium`); a missing chromium fails it rather than skipping.
+world, holds keys, and sees the level scroll under RIGHT, the frame change and the FPS readout
+appear. Marked `browser` (CI runs it after `apt-get install chromium`); a missing chromium fails
+it rather than skipping.
 The screenshot goes to $WORLDSIM_SCREENSHOT (default: the test's tmp folder)."""
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import re
 import socket
@@ -52,6 +55,23 @@ def server():
         proc.wait(timeout=30)
 
 
+def scene_shift(before_src: str, after_src: str) -> tuple[int, int]:
+    """(dx, dy) by which the scene moved between two frames shown as PNG data URIs."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from simulator.evaluation.keys import view_shift
+
+    def frame(src: str) -> torch.Tensor:
+        png = base64.b64decode(src.split(",", 1)[1])
+        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
+        return torch.from_numpy(pixels).permute(2, 0, 1)[None] / 127.5 - 1
+
+    dx, dy = view_shift(frame(before_src), frame(after_src))[0].tolist()
+    return dx, dy
+
+
 def test_holding_keys_plays_the_shipped_world(server, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -67,11 +87,23 @@ def test_holding_keys_plays_the_shipped_world(server, tmp_path: Path) -> None:
         print(f"command to first frame: {time.perf_counter() - began:.1f} s")
         first = page.get_attribute("#ws-frame-img", "src")
         assert page.get_attribute("#ws-frame-img", "data-frame") == "0"
+        # Level 100035 (the third start): RIGHT scrolls its level, as in 4 of the 10 all-theme
+        # starts (tests/simulator/world/test_shipped_world.py); in the first it turns the player.
+        page.locator("#ws-starts .thumbnail-item").nth(2).click()
+        page.wait_for_function(
+            "document.querySelector('#ws-status').innerText.includes('100035')", timeout=60_000
+        )
+        first = page.get_attribute("#ws-frame-img", "src")
         page.click("h1, .prose, body", position={"x": 5, "y": 5})  # focus the page, not a field
         page.keyboard.down("ArrowRight")
         page.wait_for_function(
             "document.querySelector('#ws-frame-img').dataset.frame >= 8", timeout=60_000
         )
+        walked = page.get_attribute("#ws-frame-img", "src")
+        dx, dy = scene_shift(first, walked)
+        print(f"held RIGHT to frame {page.get_attribute('#ws-frame-img', 'data-frame')}: "
+              f"the scene moved {dx:+d}, {dy:+d} px")  # fmt: skip
+        assert dx < 0, "holding RIGHT should scroll the level left: the view follows the player"
         page.keyboard.down("ArrowUp")  # RIGHT+UP while both are held
         page.wait_for_timeout(1500)
         page.keyboard.up("ArrowUp")

@@ -5,13 +5,16 @@ scrolling texture learned in seconds, and `worldsim train delta` trains and resu
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from data_pipeline.loader import Batch
 from tokenizer.delta import DeltaTokenizer, warp
 from tokenizer.delta_config import DeltaTokenizerConfig, delta_tokenizer_preset
+from tokenizer.delta_task import DeltaTask, DeltaTrainConfig
 from tokenizer.registry import load_tokenizer
 from worldsim.cli import main
 
@@ -59,8 +62,40 @@ def test_an_untrained_renderer_copies_the_last_frame(model) -> None:
     torch.testing.assert_close(frame, frames[:, 2])
     identity = warp(frames[:, 0], torch.zeros(2, 2, SIZE, SIZE))
     torch.testing.assert_close(identity, frames[:, 0])
-    shifted = warp(frames[:, 0], torch.ones(2, 2, SIZE, SIZE))  # reads one pixel right and down
-    torch.testing.assert_close(shifted[..., :-1, :-1], frames[:, 0, :, 1:, 1:])
+    for mode in ("bilinear", "bicubic"):  # whole-pixel shifts are exact either way
+        shifted = warp(frames[:, 0], torch.ones(2, 2, SIZE, SIZE), mode)  # one right, one down
+        torch.testing.assert_close(shifted[..., :-1, :-1], frames[:, 0, :, 1:, 1:])
+
+
+def test_bicubic_warps_blur_less_and_through_time_reaches_earlier_renders() -> None:
+    gen = torch.Generator().manual_seed(0)
+    texture = scrolling(1, 1, gen)[:, 0]
+    half = torch.full((1, 2, SIZE, SIZE), 0.5)
+    sharpness = {}
+    for mode in ("bilinear", "bicubic"):  # a half-pixel shift there and back, 8 times
+        frame = texture
+        for _ in range(8):
+            frame = warp(warp(frame, half, mode), -half, mode)
+        sharpness[mode] = float((frame - texture)[..., 4:-4, 4:-4].pow(2).mean())
+    assert sharpness["bicubic"] < sharpness["bilinear"] / 2, sharpness
+    torch.manual_seed(0)
+    model = DeltaTokenizer(delta_tokenizer_preset("tiny", interpolation="bicubic"))
+    with torch.no_grad():
+        for p in model.out.parameters():  # a renderer that changes frames
+            p.normal_(0, 0.1)
+    frames = clip(t=4)
+    grads = {}
+    for closed_loop in (0.0, 1.0):
+        for through_time in (False, True):
+            model.zero_grad()
+            out = model.loss(frames, closed_loop, through_time)
+            out.loss.backward()
+            loss = float(out.loss.detach())
+            grads[closed_loop, through_time] = model.out.weight.grad.clone(), loss
+    for closed_loop in (0.0, 1.0):  # the same loss; gradients differ only on own renders
+        (detached, loss_a), (through, loss_b) = grads[closed_loop, False], grads[closed_loop, True]
+        assert loss_a == pytest.approx(loss_b)
+        assert torch.allclose(detached, through) == (closed_loop == 0.0)
 
 
 def test_streaming_equals_reconstruct_and_observe_keeps_the_real_frame(model) -> None:
@@ -81,6 +116,45 @@ def test_streaming_equals_reconstruct_and_observe_keeps_the_real_frame(model) ->
         assert torch.equal(observed.current_BCHW, frames[:, 1])
 
 
+def test_changed_pixels_weigh_more_in_the_loss(model) -> None:
+    frames = clip(b=1, t=3)[:, :1].repeat(1, 3, 1, 1, 1)  # a still clip...
+    frames[:, 2, :, 4:6, 4:6] = -frames[:, 2, :, 4:6, 4:6].sign()  # ...where 4 pixels change
+    plain = model.loss(frames)  # the untrained renderer copies: wrong on those 4 pixels only
+    weighted = model.loss(frames, change_weight=10.0)
+    assert torch.equal(plain.loss, plain.metrics["mse"])
+    torch.testing.assert_close(weighted.metrics["mse"], plain.metrics["mse"])
+    assert float(weighted.loss.detach()) > 5 * float(plain.loss.detach())
+
+
+def test_still_clips_hold_the_first_frame_in_training_only(model) -> None:
+    frames = clip(t=4)
+    batch = Batch(frames, torch.zeros(2, 4, dtype=torch.long), torch.ones(2, dtype=torch.bool), [])
+    task = DeltaTask(DeltaTrainConfig(preset="tiny", still_clips=1.0))
+    evaluated = task.loss(model, batch).loss.detach()  # held-out batches stay as they are
+    torch.testing.assert_close(evaluated, model.loss(frames, 1.0).loss.detach())
+    assert float(evaluated) > 0.1
+    model.train()  # the untrained renderer copies its last frame: exact on a still clip
+    assert float(task.loss(model, batch).loss.detach()) == 0.0
+    with pytest.raises(ValueError, match=r"still_clips must be in \[0, 1\]"):
+        DeltaTask(DeltaTrainConfig(preset="tiny", still_clips=2.0))
+
+
+def test_renderer_only_training_keeps_the_tokens() -> None:
+    torch.manual_seed(0)
+    model = DeltaTask(DeltaTrainConfig(preset="tiny", renderer_only=True)).build_model()
+    frames = clip(t=4)
+    before = model.encode(frames)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        model.loss(frames).loss.backward()
+        opt.step()
+    assert torch.equal(model.encode(frames), before)
+    assert not any(p.requires_grad for p in model.change_encoder.parameters())
+    assert model.out.weight.requires_grad and float(model.out.weight.detach().abs().sum()) > 0
+
+
 def test_save_and_load_through_the_registry(model, tmp_path) -> None:
     model.save_pretrained(tmp_path / "delta")
     loaded = load_tokenizer(tmp_path / "delta")
@@ -96,6 +170,8 @@ def test_bad_configs_and_inputs_are_named(model) -> None:
         DeltaTokenizerConfig(tokens=3).validate()
     with pytest.raises(ValueError, match="multiple of 16"):
         DeltaTokenizerConfig(image_size=24).validate()
+    with pytest.raises(ValueError, match="interpolation must be 'bilinear' or 'bicubic'"):
+        DeltaTokenizerConfig(interpolation="nearest").validate()
     with pytest.raises(ValueError, match="takes 16x16"):
         model.encode(torch.zeros(1, 2, 3, 32, 32))
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 25\)"):
@@ -137,3 +213,8 @@ def test_train_resume_load_encode(tiny_shards: Path, tmp_path: Path) -> None:
     model = load_tokenizer(run / "final")
     assert isinstance(model, DeltaTokenizer)
     assert model.encode(torch.zeros(1, 3, 3, SIZE, SIZE)).shape == (1, 3, 2, 2)
+    report = tmp_path / "eval.json"
+    assert main(["eval", "tokenizer", "--checkpoint", str(run / "final"), "--shards",
+                 str(tiny_shards), "--split", "train", "--out", str(report)]) == 0  # fmt: skip
+    figures = json.loads(report.read_text())
+    assert figures["clips"] > 0 and list(figures["still_pooled_psnr_db"]) == ["1", "4", "16", "64"]

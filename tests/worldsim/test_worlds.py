@@ -22,17 +22,20 @@ def test_the_shipped_world_is_the_packed_release_of_the_checkpoints() -> None:
     world = shipped_world()
     weights = "diffusion_pytorch_model.safetensors"
     for part, release in (
-        ("tokenizer", "tokenizer_coinrun_hard"),
-        ("dynamics", "dynamics_coinrun_scheduled"),
+        ("tokenizer", "delta_coinrun_still"),
+        ("dynamics", "dynamics_delta_coinrun"),
     ):
         shipped = (world / part / weights).read_bytes()
         assert shipped == (CHECKPOINTS / release / weights).read_bytes(), part
+    # The delta design: frames rendered from the previous ones and 4 tokens of change.
+    tokenizer_cfg = json.loads((world / "tokenizer" / "config.json").read_text())["cfg"]
+    assert tokenizer_cfg["tokens"] == 4 and "max_flow" in tokenizer_cfg
     # Trained for key guidance (the play page's slider), sampled without it by default: guidance
     # runs the model twice a MaskGIT step, which would halve the frame rate.
     dynamics_cfg = json.loads((world / "dynamics" / "config.json").read_text())["cfg"]
     assert dynamics_cfg["action_dropout"] > 0
     spec = read_world_spec(world)
-    assert spec.sampling.guidance == 1.0
+    assert spec.sampling.guidance == 1.0 and spec.sampling.temperature == 0.5
     space = spec.action_space
     assert space.type == "discrete" and space.n == 6  # CoinRun's 6 effects, not its 15 ids
     assert space.names == ["LEFT", "LEFT+UP", "NOOP", "UP", "RIGHT", "RIGHT+UP"]

@@ -6,13 +6,15 @@ use when given no world), after checking every file against the sha256 pinned in
 playing garbage. A world folder is the format of simulator/world/checkpoint.py; shipped worlds
 add `starts/` (start frames of held-out levels, described in `starts/starts.json`).
 
-The CoinRun world is the packed release of checkpoints/tokenizer_coinrun_hard and
-checkpoints/dynamics_coinrun_scheduled (where their recipes and training records live): trained
-on CoinRun's full visual distribution, steered by the game's 6 effects (LEFT, LEFT+UP, NOOP, UP,
-RIGHT, RIGHT+UP); its dynamics is trained for classifier-free guidance on the keys, which
-`world.json` leaves off (1) because it halves the frame rate, and on its own samples as
-context. Its start frames are from held-out levels, ten of all themes and two of the single
-`easy` theme (README, "Evaluation").
+The CoinRun world is the packed release of checkpoints/delta_coinrun_still and
+checkpoints/dynamics_delta_coinrun (where their recipes and training records live): the delta
+design (tokenizer/delta.py), where a convolutional renderer draws each frame from the previous
+two by a learned warp and a residual, told only 4 tokens of change that the dynamics model
+predicts from the keys. Trained on CoinRun's full visual distribution, steered by the game's 6
+effects (LEFT, LEFT+UP, NOOP, UP, RIGHT, RIGHT+UP) and sampled at temperature 0.5; its dynamics
+is trained for classifier-free guidance on the keys, which `world.json` leaves off (1) because
+it halves the frame rate. Its start frames are from held-out levels, ten of all themes and two
+of the single `easy` theme (README, "Evaluation").
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ clips where the action visibly moves a block."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,12 @@ import pytest
 import torch
 import webdataset as wds
 
+from data_pipeline.loader import LoaderConfig, ShardLoader
 from data_pipeline.schema import Clip, encode_sample
+from simulator.evaluation.controllability import idm_accuracy
 from simulator.evaluation.idm import IDMConfig, InverseDynamicsModel, idm_preset
+from tokenizer.delta import DeltaTokenizer
+from tokenizer.delta_config import delta_tokenizer_preset
 from worldsim.cli import main
 
 SIZE, T = 16, 8
@@ -65,3 +70,14 @@ def test_train_save_resume_and_predict(tmp_path: Path) -> None:
     with torch.no_grad():
         accuracy = float(model(frames, actions).metrics["accuracy"])
     assert accuracy > 0.8  # chance is 1/3; blocks at a wall hide some moves
+    # A tokenizer's renders scored beside the real frames: an untrained delta renderer holds
+    # frame 0 still, so its renders lose the moves; a perfect one would tie the real frames.
+    torch.manual_seed(0)
+    DeltaTokenizer(delta_tokenizer_preset("tiny")).save_pretrained(tmp_path / "tok")
+    evaluate = ["eval", "idm", "--checkpoint", str(run / "final"), "--shards", str(tmp_path)]
+    assert main([*evaluate, "--tokenizer", str(tmp_path / "tok")]) == 0
+    report = json.loads((tmp_path / "tok" / "idm_test.json").read_text())
+    assert report["reconstructed"]["accuracy"] < report["real"]["accuracy"] - 0.2, report
+    loader = ShardLoader(LoaderConfig().for_eval(str(tmp_path), "test", batch_size=8))
+    perfect = idm_accuracy(model, loader, reconstruct=lambda frames: frames)
+    assert perfect.reconstructed == perfect.real
