@@ -7,7 +7,7 @@ The page shows the newest frame (64x64, enlarged without smoothing), advances wh
 held (arrows / WASD / Space, digits for numbered actions; demo/static/play.js keeps exactly one
 step in flight, so the world runs as fast as the engine allows and never queues stale keys),
 and offers buttons for the same actions, pause (P), undo, restart, sampling settings, a legend
-that previews each action from the current frame, and the session as mp4 or GIF.
+that previews each action from the current frame on request, and the session as mp4 or GIF.
 
 Each browser session holds its own `PlaySession` in a `gr.State` (freed after IDLE_S without an
 event); every generating event shares one queue slot, so players take turns on the CPU instead
@@ -66,11 +66,7 @@ class Page:
 
 def build_app(handlers: PlayHandlers) -> gr.Blocks:
     with gr.Blocks(title="worldsim play", delete_cache=(600, 3600)) as app:
-        gr.Markdown(
-            f"**worldsim play**: `{handlers.world.name}`, steered by "
-            f"{handlers.engine.action_space.describe()}. Hold the arrow keys, WASD or Space "
-            "(digits pick numbered actions); P pauses."
-        )
+        gr.Markdown(handlers.header())
         page = _layout(handlers)
         _wire_play(handlers, page)
         _wire_starts(handlers, page)
@@ -83,10 +79,12 @@ def build_app(handlers: PlayHandlers) -> gr.Blocks:
 
 
 def _then_preview(handlers: PlayHandlers, page: Page, event: Any) -> None:
-    """Refresh the legend's previews once a new start is shown."""
+    """Clear the legend's previews once a new start is shown. Previews run the world once per
+    action, so they come only on request (the preview button): a player's first keys never
+    wait behind them."""
     event.then(
-        _friendly(lambda s, *k: handlers.legend(s, Settings(*k)), 1), [page.session, *page.knobs],
-        page.controls["legend"], **ENGINE,
+        _friendly(lambda s, *k: handlers.legend(s, Settings(*k), previews_wanted=False), 1),
+        [page.session, *page.knobs], page.controls["legend"],
     )  # fmt: skip
 
 
@@ -242,8 +240,12 @@ def launch(
     app = build_app(handlers)
     app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     _, url, _ = app.launch(
-        server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=not block,
+        server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=True,
         max_file_size=f"{MAX_UPLOAD_MB}mb", css=(STATIC / "play.css").read_text(),
-        js=(STATIC / "play.js").read_text(), footer_links=[],
+        js=(STATIC / "play.js").read_text(), footer_links=[], quiet=True,
     )  # fmt: skip
+    # quiet: Gradio's own banner tells a command-line user to edit launch(share=True)
+    print(f"worldsim play: serving {world.name} on {url} (Ctrl+C stops)", flush=True)
+    if block:
+        app.block_thread()
     return app, url

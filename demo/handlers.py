@@ -137,20 +137,37 @@ class PlayHandlers:
 
     # -- showing ----------------------------------------------------------------------------
     def view(self, session: PlaySession) -> View:
-        last = session.steps[-1].action if session.steps else None
-        action = self.controls.controls[last].label if last is not None else "start"
-        ms = f" · {session.last_step_s * 1000:.0f} ms to generate" if session.steps else ""
-        status = (
-            f"frame {session.frame_index} · {action}{ms} · start: {session.start.label} · "
-            f"seed {session.seed}"
-        )
-        return View(frame_img(session.frame, session.frame_index), status)
+        parts = [f"frame {session.frame_index}"]
+        if session.steps:
+            action = self.controls.controls[session.steps[-1].action].label
+            parts += [action, f"{session.last_step_s * 1000:.0f} ms to generate"]
+        parts += [f"from {session.start.label}", f"seed {session.seed}"]
+        return View(frame_img(session.frame, session.frame_index), " · ".join(parts))
 
-    def legend(self, session: PlaySession | None, settings: Settings) -> str:
-        """The keys, what each does, and a preview of each from the current frame."""
+    def header(self) -> str:
+        """The line above the page: the world, its actions and the keys that give them."""
+        digits = [c for c in self.controls.controls if c.action < 10]
+        keys = f"digits 1-{len(digits) % 10}" if len(digits) > 1 else "digit 1"
+        how = (
+            f"Hold the arrow keys, WASD or Space, or press {keys}"
+            if self.controls.steered_by_directions
+            else f"Press {keys}"
+        )
+        names = ", ".join(c.label for c in self.controls.controls)
+        return (
+            f"**worldsim play**: `{self.world.name}`, steered by {len(self.controls.controls)} "
+            f"actions ({names}). {how} (the legend lists which); P pauses."
+        )
+
+    def legend(
+        self, session: PlaySession | None, settings: Settings, previews_wanted: bool = True
+    ) -> str:
+        """The keys, what each does, and (given a session and `previews_wanted`) a preview of
+        each from the current frame. The table carries that frame's index (`data-frame`), so
+        the page can mark the previews stale once the world moves on (demo/static/play.js)."""
         shown = self.preview_actions()
         previews: dict[int, np.ndarray] = {}
-        if session is not None:
+        if session is not None and previews_wanted:
             sampling = self.sampling(settings)
             previews = dict(zip(shown, session.preview(shown, sampling), strict=True))
         rows = []
@@ -159,17 +176,22 @@ class PlayHandlers:
             thumb = previews.get(action)
             img = "" if thumb is None else f'<img class="ws-thumb" src="{data_uri(thumb)}">'
             rows.append(f"<tr><td>{control.keys}</td><td>{control.label}</td><td>{img}</td></tr>")
-        after = f"after frame {session.frame_index}" if session is not None else ""
-        head = f"<tr><th>keys</th><th>action</th><th>next frame {after}</th></tr>"
-        return f'<table class="ws-legend">{head}{"".join(rows)}</table>'
+        if previews and session is not None:
+            frame = f' data-frame="{session.frame_index}"'
+            preview = f"next frame after frame {session.frame_index}"
+        else:
+            frame, preview = "", "next frame (press preview)"
+        head = f'<tr><th>keys</th><th>action</th><th class="ws-preview-head">{preview}</th></tr>'
+        return f'<table class="ws-legend"{frame}>{head}{"".join(rows)}</table>'
 
     def preview_actions(self) -> list[int]:
-        """The actions the legend previews and the buttons show: every one a key reaches by
-        direction (plus the idle action), else the ones digits reach."""
-        keyed = [c.action for c in self.controls.controls if "/" in c.keys]
+        """The actions the legend previews and the buttons show, in id order (the order of the
+        digit keys): every one a key reaches by direction (plus the idle action), else the ones
+        digits reach."""
         idle = self.controls.idle_action
-        if keyed:
-            return keyed + ([idle] if idle is not None and idle not in keyed else [])
+        keyed = [c.action for c in self.controls.controls if "/" in c.keys or c.action == idle]
+        if len(keyed) > (idle is not None):
+            return keyed
         return [c.action for c in self.controls.controls if c.keys]
 
     def download(self, session: PlaySession | None, suffix: str, session_id: str) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from simulator.engine.prompt import VIDEO_SUFFIXES, LoadedPrompt, load_prompt
 MAX_UPLOAD_MB = 20
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_ASPECT = 4.0  # wider (or taller) than this cannot be centre-cropped into a useful square
+MIN_SIDE = 8  # smaller frames hold too little to enlarge into a 64x64 start (a 1x1 is noise)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"}
 
 
@@ -89,7 +91,7 @@ def load_start(path: str | os.PathLike[str], max_frames: int, label: str = "") -
     try:
         loaded = load_prompt(spec, max_frames=max_frames)
     except (ValueError, OSError) as err:
-        raise PlayError(f"{name} could not be read: {_first_line(err)}") from err
+        raise PlayError(f"{name} could not be read: {_first_line(err, file)}") from err
     frames = loaded.frames
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise PlayError(f"{name} holds no frames")
@@ -102,7 +104,8 @@ def _check_image(file: Path, name: str) -> None:
         with Image.open(file) as image:  # reads the header only
             width, height = image.size
     except (OSError, Image.DecompressionBombError) as err:
-        raise PlayError(f"{name} is not an image this app can read: {_first_line(err)}") from err
+        reason = _first_line(err, file)
+        raise PlayError(f"{name} is not an image this app can read: {reason}") from err
     if width * height > MAX_IMAGE_PIXELS:
         raise PlayError(
             f"{name} is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels "
@@ -112,12 +115,21 @@ def _check_image(file: Path, name: str) -> None:
 
 
 def _check_aspect(width: int, height: int, name: str) -> None:
-    if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT:
+    if min(width, height) < MIN_SIDE:
+        raise PlayError(
+            f"{name} is {width}x{height} pixels: too small to start a world from (at least "
+            f"{MIN_SIDE}x{MIN_SIDE}; the world plays at 64x64)"
+        )
+    if max(width, height) / min(width, height) > MAX_ASPECT:
         raise PlayError(
             f"{name} is {width}x{height}: too far from square (the world's frames are square; "
             f"at most {MAX_ASPECT:g}:1 is centre-cropped)"
         )
 
 
-def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+def _first_line(err: BaseException, file: Path) -> str:
+    """The error's first line as a player should read it: the file by its name, not the
+    server's temporary path, and no errno."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    text = text.replace(str(file), file.name).replace(str(file.parent) + os.sep, "")
+    return re.sub(r"\[Errno \d+\]\s*", "", text)

@@ -180,6 +180,8 @@ def _train(args: argparse.Namespace) -> int:
 def _rollout(args: argparse.Namespace) -> int:
     from simulator.engine.rollout import rollout
 
+    world = args.checkpoint or "the shipped world"
+    print(f"worldsim rollout: loading {world} and playing {args.actions!r} ...", flush=True)
     result = rollout(
         args.actions, args.out, checkpoint=args.checkpoint, prompt=args.prompt, steps=args.steps,
         temperature=args.temperature, guidance=args.guidance, seed=args.seed, fps=args.fps,
@@ -196,6 +198,7 @@ def _play(args: argparse.Namespace) -> int:
     from demo.uploads import shard_clips
     from worldsim.worlds import shipped_world
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to itself
     world = Path(args.world) if args.world else shipped_world()
     clips = shard_clips(args.shards, split=args.split) if args.shards else []
     print(f"worldsim play: loading {world}")
@@ -263,7 +266,12 @@ def _add_play(stages: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from data_pipeline.config import ShardConfig
 
-    parser = argparse.ArgumentParser(prog="worldsim", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="worldsim",
+        description="worldsim: a video-pretrained generative world simulator. Turn clips and "
+        "game episodes into shards, train the tokenizer, latent actions and dynamics, score "
+        "worlds, and play them in the browser.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     stages = parser.add_subparsers(dest="stage", required=True)
 

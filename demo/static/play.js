@@ -32,6 +32,15 @@
     if (readout) readout.textContent = `${fps.toFixed(1)} FPS`;
     setTimeout(pump, 0);
   };
+  // Previews are of the frame they were made from: once the world moves on (keys, buttons,
+  // undo, restart), say so.
+  setInterval(() => {
+    const legend = document.querySelector(".ws-legend[data-frame]");
+    const frame = document.querySelector("#ws-frame-img");
+    if (legend && frame) {
+      legend.classList.toggle("ws-stale", legend.dataset.frame !== frame.dataset.frame);
+    }
+  }, 300);
   window.worldsimTogglePause = () => {
     paused = !paused;
     const label = document.querySelector("#ws-paused");

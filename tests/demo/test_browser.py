@@ -95,7 +95,10 @@ def test_holding_keys_plays_the_shipped_world(server, tmp_path: Path) -> None:
         )
         first = page.get_attribute("#ws-frame-img", "src")
         page.click("h1, .prose, body", position={"x": 5, "y": 5})  # focus the page, not a field
+        pressed = time.perf_counter()
         page.keyboard.down("ArrowRight")
+        page.wait_for_function("document.querySelector('#ws-frame-img').dataset.frame >= 1")
+        print(f"first frame {1000 * (time.perf_counter() - pressed):.0f} ms after the first key")
         page.wait_for_function(
             "document.querySelector('#ws-frame-img').dataset.frame >= 8", timeout=60_000
         )
@@ -119,6 +122,13 @@ def test_holding_keys_plays_the_shipped_world(server, tmp_path: Path) -> None:
         shot = Path(os.environ.get("WORLDSIM_SCREENSHOT", tmp_path / "play.png"))
         page.screenshot(path=str(shot))
         print(f"screenshot: {shot}")
+        # Previews come on request, of the frame shown, and are marked stale once it moves on.
+        page.click("text=preview every action from this frame")
+        page.wait_for_function("document.querySelectorAll('.ws-legend .ws-thumb').length >= 6")
+        page.click("h1, .prose, body", position={"x": 5, "y": 5})
+        page.keyboard.down("ArrowRight")
+        page.wait_for_selector(".ws-legend.ws-stale", timeout=30_000)
+        page.keyboard.up("ArrowRight")
         page.keyboard.press("p")  # pause: held keys no longer step the world
         assert page.inner_text("#ws-paused") == "paused"
         page.wait_for_timeout(500)  # a step already in flight when paused may still land

@@ -128,9 +128,23 @@ def test_the_legend_previews_each_action_without_moving_the_world(handlers) -> N
     legend = handlers.legend(None, SETTINGS)
     assert "RIGHT+UP" in legend and "<img" not in legend
     session, _ = handlers.start_builtin(0, SETTINGS)
+    assert "<img" not in handlers.legend(session, SETTINGS, previews_wanted=False)
     legend = handlers.legend(session, SETTINGS)
     assert legend.count('class="ws-thumb"') == len(handlers.preview_actions()) == 6
     assert session.steps == [] and session.frame_index == 0
+    assert 'data-frame="0"' in legend  # the page marks it stale once the world moves on
+    # Buttons and previews in id order, the order of the digit keys (NOOP is 1 here).
+    assert handlers.preview_actions() == [0, 1, 2, 3, 4, 5]
+
+
+def test_the_header_and_status_say_what_the_keys_do_without_repeats(handlers) -> None:
+    header = handlers.header()
+    assert "digits 1-6" in header and "ids 0" not in header
+    assert "(NOOP, LEFT, RIGHT, UP, LEFT+UP, RIGHT+UP)" in header
+    session, view = handlers.start_builtin(0, SETTINGS)
+    assert view.status == "frame 0 · from easy level 7 · seed 0"
+    _, view = handlers.step_held("right", session, SETTINGS)
+    assert view.status.startswith("frame 1 · RIGHT · ") and view.status.count("from ") == 1
 
 
 def save_image(path: Path, width: int, height: int) -> Path:
@@ -156,11 +170,14 @@ def test_uploads_start_a_world_or_are_refused_with_a_message(handlers, tmp_path,
         tmp_path / "fake.png": "fake.png is not an image this app can read",
         tmp_path / "notes.txt": "notes.txt is not an image or a video this app reads",
         save_image(tmp_path / "strip.png", 200, 20): "strip.png is 200x20: too far from square",
+        save_image(tmp_path / "dot.png", 1, 1): "dot.png is 1x1 pixels: too small",
         tmp_path / "gone.png": "gone.png: no such file",
     }
     for path, message in bad.items():
-        with pytest.raises(PlayError, match=message):
+        with pytest.raises(PlayError, match=message) as refused:
             handlers.start_upload(None if path is None else str(path), SETTINGS)
+        # the player's file by its name: no server paths, no errno
+        assert str(tmp_path) not in str(refused.value) and "Errno" not in str(refused.value)
     monkeypatch.setattr(demo.uploads, "MAX_IMAGE_PIXELS", 40 * 40)
     with pytest.raises(PlayError, match="64x64 pixels; the limit is 1,600 pixels"):
         handlers.start_upload(str(save_image(tmp_path / "big.png", 64, 64)), SETTINGS)

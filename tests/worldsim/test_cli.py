@@ -67,3 +67,10 @@ def test_shard_then_info_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     with Image.open(sheet) as img:
         margin = img.size[0] - 8 * 32  # the column of clip labels
         assert 0 < margin < 300 and img.size[1] == min(4, entry["clips"]) * (CAPTION + 32)
+
+
+def test_help_describes_the_command_in_whole_sentences(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    description = " ".join(capsys.readouterr().out.split("\n\n")[1].split())
+    assert description.startswith("worldsim: ") and description.endswith("in the browser.")
