@@ -1,12 +1,14 @@
 """`worldsim play` speed as a player sees it, measured in one run in Debian's chromium.
 
 1. Time from the command to the first frame on the page (server start, world load, page load).
-2. One player holding RIGHT: frames per second the page shows (frames / seconds held, and the
+2. The first frame after a player's first key press on a freshly loaded page, against the
+   engine's own step time.
+3. One player holding RIGHT: frames per second the page shows (frames / seconds held, and the
    page's own FPS readout), against the engine stepping the same world in this process with no
    browser or server: the ratio is what the app costs on top of the engine.
-3. Four players holding keys at once (four browser contexts: four Gradio sessions): frames per
-   second per player and in total. Generating events share one queue slot, so the total should
-   stay near one player's rate while each player gets about a quarter.
+4. 2, 4 and 8 players holding keys at once (one browser context each: separate Gradio
+   sessions): frames per second per player and in total, and the total as a multiple of one
+   player's.
 
     python benchmarks/bench_play.py [--seconds 10] [--world WORLD]
     python benchmarks/bench_play.py --engine-against OTHER_WORLD [--world WORLD] [--runs 10]
@@ -29,9 +31,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
-KEYS = ["ArrowRight", "ArrowLeft", "ArrowUp", "KeyD"]  # what each of the four players holds
+KEYS = ["ArrowRight", "ArrowLeft", "ArrowUp", "KeyD"]  # what the players hold, in turn
+PLAYERS = (2, 4, 8)  # the crowds measured after one player
 
 
 def main() -> None:
@@ -115,26 +119,41 @@ def run_browser(url: str, began: float, seconds: float, engine_fps: float) -> No
         browser = pw.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
         )
-        pages = [browser.new_context().new_page() for _ in KEYS]
+        pages = [browser.new_context().new_page() for _ in range(max(PLAYERS))]
         pages[0].goto(url)
         pages[0].wait_for_selector("#ws-frame-img", timeout=120_000)
         first_frame_s = time.perf_counter() - began
+        first_key_ms = first_key(pages[0])
         for page in pages[1:]:
             page.goto(url)
             page.wait_for_selector("#ws-frame-img", timeout=120_000)
-        time.sleep(3)  # let the legend previews of the four starts finish
         (one,), generate_ms = hold(pages[:1], KEYS[:1], seconds)
         readout = pages[0].inner_text("#ws-fps")
-        four, _ = hold(pages, KEYS, seconds)
+        crowds = {n: hold(pages[:n], [KEYS[i % len(KEYS)] for i in range(n)], seconds)[0]
+                  for n in PLAYERS}  # fmt: skip
         browser.close()
     print(f"command to first frame: {first_frame_s:.1f} s")
+    print(f"first frame after the first key: {first_key_ms:.0f} ms "
+          f"(the engine's own step: {1000 / engine_fps:.0f} ms)")  # fmt: skip
     print(f"engine alone (this process, no browser): {engine_fps:.1f} FPS")
     print(f"one player in the browser: {one:.1f} FPS (page readout {readout}); "
           f"ratio to the engine {one / engine_fps:.2f}")  # fmt: skip
     print(f"  the server's median time to generate a frame meanwhile: {generate_ms:.0f} ms "
           f"(engine alone: {1000 / engine_fps:.0f} ms; the browser shares the CPU)")  # fmt: skip
-    print(f"four players at once: {sum(four):.1f} FPS in total, per player "
-          f"{', '.join(f'{f:.1f}' for f in four)}")  # fmt: skip
+    for n, fps in crowds.items():
+        print(f"{n} players at once: {sum(fps):.1f} FPS in total ({sum(fps) / one:.1f}x one "
+              f"player), per player {min(fps):.1f}-{max(fps):.1f}")  # fmt: skip
+
+
+def first_key(page: Any) -> float:
+    """Milliseconds from pressing RIGHT on a page showing frame 0 to frame 1 on it."""
+    page.click("body", position={"x": 5, "y": 5})  # focus the page, not a field
+    pressed = time.perf_counter()
+    page.keyboard.down("ArrowRight")
+    page.wait_for_function("document.querySelector('#ws-frame-img').dataset.frame >= 1")
+    waited = time.perf_counter() - pressed
+    page.keyboard.up("ArrowRight")
+    return 1000 * waited
 
 
 def hold(pages: list, keys: list[str], seconds: float) -> tuple[list[float], float]:
