@@ -12,8 +12,11 @@
 
     python benchmarks/bench_play.py [--seconds 10] [--world WORLD]
     python benchmarks/bench_play.py --engine-against OTHER_WORLD [--world WORLD] [--runs 10]
+    python benchmarks/bench_play.py --load-minutes 5 [--world WORLD]
 
-The second form skips the browser and compares two worlds' engine speed, run by run.
+The second form skips the browser and compares two worlds' engine speed, run by run. The
+third is a load test: 8 players holding keys for minutes, with the server's memory, every
+player's progress and error notices every 30 s.
 
 The first form needs `apt-get install chromium` and the dev extra (Playwright). The server runs
 with torch's default threads (2 on the reference machine).
@@ -49,11 +52,18 @@ def main() -> None:
         help="no browser: step --world and WORLD alone, alternating, and print their FPS ratio",
     )
     parser.add_argument("--runs", type=int, default=10, help="runs of 80 steps per world")
+    parser.add_argument(
+        "--load-minutes",
+        type=float,
+        default=0.0,
+        help="instead: 8 players hold keys this long; the server's memory, frames per player "
+        "and page errors every 30 s, and the temporary files left",
+    )
     args = parser.parse_args()
     if args.engine_against:
         compare_engines(args.world, args.engine_against, args.runs)
         return
-    engine_fps = engine_only_fps(args.world, steps=40)
+    engine_fps = 0.0 if args.load_minutes else engine_only_fps(args.world, steps=40)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -64,7 +74,10 @@ def main() -> None:
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = wait_for(f"http://127.0.0.1:{port}")
-        run_browser(url, began, args.seconds, engine_fps)
+        if args.load_minutes:
+            run_load(url, server.pid, args.load_minutes)
+        else:
+            run_browser(url, began, args.seconds, engine_fps)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -154,6 +167,44 @@ def first_key(page: Any) -> float:
     waited = time.perf_counter() - pressed
     page.keyboard.up("ArrowRight")
     return 1000 * waited
+
+
+def run_load(url: str, server_pid: int, minutes: float, players: int = 8) -> None:
+    """`players` sessions hold keys for `minutes`; every 30 s: the server's resident memory,
+    each player's frames so far and the error notices on the pages. Then the temporary files
+    the server left (Gradio's cache and the session videos' folder)."""
+    import psutil
+    from playwright.sync_api import sync_playwright
+
+    server = psutil.Process(server_pid)
+    temp = Path(os.environ.get("GRADIO_TEMP_DIR", "/tmp/gradio"))
+    files_before = sum(1 for p in temp.rglob("*") if p.is_file()) if temp.exists() else 0
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        pages = [browser.new_context().new_page() for _ in range(players)]
+        for page in pages:
+            page.goto(url)
+            page.wait_for_selector("#ws-frame-img", timeout=120_000)
+        rss_start = server.memory_info().rss / 2**20
+        for i, page in enumerate(pages):
+            page.keyboard.down(KEYS[i % len(KEYS)])
+        frame = "el => Number(el.dataset.frame)"
+        ended, rss_max = time.perf_counter() + 60 * minutes, rss_start
+        while time.perf_counter() < ended:
+            time.sleep(30)
+            rss = server.memory_info().rss / 2**20
+            rss_max = max(rss_max, rss)
+            frames = [p.eval_on_selector("#ws-frame-img", frame) for p in pages]
+            errors = sum(p.locator(".toast-body.error").count() for p in pages)
+            print(f"server {rss:.0f} MB; frames per player {min(frames)}-{max(frames)}; "
+                  f"error notices {errors}", flush=True)  # fmt: skip
+        browser.close()
+    files_after = sum(1 for p in temp.rglob("*") if p.is_file()) if temp.exists() else 0
+    print(f"{players} players for {minutes:g} min: server memory {rss_start:.0f} MB at the "
+          f"start, {rss_max:.0f} MB at most; files in {temp}: {files_before} before, "
+          f"{files_after} after")  # fmt: skip
 
 
 def hold(pages: list, keys: list[str], seconds: float) -> tuple[list[float], float]:
