@@ -132,14 +132,10 @@ def run_browser(url: str, began: float, seconds: float, engine_fps: float) -> No
         browser = pw.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
         )
-        pages = [browser.new_context().new_page() for _ in range(max(PLAYERS))]
-        pages[0].goto(url)
-        pages[0].wait_for_selector("#ws-frame-img", timeout=120_000)
+        pages = [open_page(browser, url)]
         first_frame_s = time.perf_counter() - began
         first_key_ms = first_key(pages[0])
-        for page in pages[1:]:
-            page.goto(url)
-            page.wait_for_selector("#ws-frame-img", timeout=120_000)
+        pages += [open_page(browser, url) for _ in range(max(PLAYERS) - 1)]
         (one,), generate_ms = hold(pages[:1], KEYS[:1], seconds)
         readout = pages[0].inner_text("#ws-fps")
         crowds = {n: hold(pages[:n], [KEYS[i % len(KEYS)] for i in range(n)], seconds)[0]
@@ -156,6 +152,14 @@ def run_browser(url: str, began: float, seconds: float, engine_fps: float) -> No
     for n, fps in crowds.items():
         print(f"{n} players at once: {sum(fps):.1f} FPS in total ({sum(fps) / one:.1f}x one "
               f"player), per player {min(fps):.1f}-{max(fps):.1f}")  # fmt: skip
+
+
+def open_page(browser: Any, url: str) -> Any:
+    """A new player (its own browser context: its own Gradio session) showing its first frame."""
+    page = browser.new_context().new_page()
+    page.goto(url)
+    page.wait_for_selector("#ws-frame-img", timeout=120_000)
+    return page
 
 
 def first_key(page: Any) -> float:
@@ -183,10 +187,7 @@ def run_load(url: str, server_pid: int, minutes: float, players: int = 8) -> Non
         browser = pw.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
         )
-        pages = [browser.new_context().new_page() for _ in range(players)]
-        for page in pages:
-            page.goto(url)
-            page.wait_for_selector("#ws-frame-img", timeout=120_000)
+        pages = [open_page(browser, url) for _ in range(players)]
         rss_start = server.memory_info().rss / 2**20
         for i, page in enumerate(pages):
             page.keyboard.down(KEYS[i % len(KEYS)])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from demo.controls import Controls, controls_for
+from demo.controls import DIGITS, Controls, controls_for
 from demo.session import PlaySession, Start
 from demo.uploads import BuiltinStart, PlayError, builtin_starts, load_start
 from simulator.engine.prompt import LoadedPrompt, prompt_and_actions
@@ -146,8 +146,8 @@ class PlayHandlers:
 
     def header(self) -> str:
         """The line above the page: the world, its actions and the keys that give them."""
-        digits = [c for c in self.controls.controls if c.action < 10]
-        keys = f"digits 1-{len(digits) % 10}" if len(digits) > 1 else "digit 1"
+        reached = min(len(self.controls.controls), len(DIGITS))  # digits reach the first ten
+        keys = f"digits 1-{DIGITS[reached - 1]}" if reached > 1 else "digit 1"
         how = (
             f"Hold the arrow keys, WASD or Space, or press {keys}"
             if self.controls.steered_by_directions
