@@ -3,16 +3,20 @@
     worldsim play                       # the world shipped in the package
     worldsim play --world WORLD --shards data/coinrun_hard_eval
 
-The page shows the newest frame (64x64, enlarged without smoothing), advances while a key is
-held (arrows / WASD / Space, digits for numbered actions; demo/static/play.js keeps exactly one
-step in flight, so the world runs as fast as the engine allows and never queues stale keys),
-and offers buttons for the same actions, pause (P), undo, restart, sampling settings, a legend
-that previews each action from the current frame on request, and the session as mp4 or GIF.
+The page shows the newest frame (64x64, enlarged without smoothing) and plays while a key is
+held (arrows / WASD / Space, digits for numbered actions): the first key starts a stream that
+steps the world frame after frame (`PlayHandlers.hold`), and the page tells the server which
+keys it holds as they change (demo/static/play.js), so the next frame is made while the page
+shows the last and releasing the keys ends the stream. It also offers buttons for the same
+actions, pause (P), undo, restart, sampling settings, a legend that previews each action from
+the current frame on request, and the session as mp4 or GIF.
 
-Each browser session holds its own `PlaySession` in a `gr.State` (freed after IDLE_S without an
-event); every generating event shares one queue slot, so players take turns on the CPU instead
-of slowing each other's steps down. Handlers are demo/handlers.py; a `PlayError` is shown to its
-player as a notice, anything else as a short error, never a stack trace.
+Each browser session holds its own `PlaySession` in a `gr.State`, known to the handlers by the
+session's id; closing the page frees it. Players' streams run side by side and their steps are
+batched into one engine call (demo/batcher.py); the other model events (starts, undo, restart,
+previews) share one queue slot. Handlers are demo/handlers.py; a `PlayError` is shown to its
+player as a notice, anything else as a short error, never a stack trace. `GET /worldsim/status`
+says how many players the server holds.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import torch
 
 from demo.handlers import PlayHandlers, Settings
 from demo.uploads import IMAGE_SUFFIXES, MAX_UPLOAD_MB, PlayError
@@ -35,7 +41,8 @@ from simulator.engine.world_simulator import EngineConfig, WorldSimulator
 STATIC = Path(__file__).parent / "static"
 IDLE_S = 900  # a session untouched this long is dropped (its world state and frames freed)
 MAX_QUEUE = 64  # events waiting beyond this are refused ("too busy") instead of piling up
-ENGINE = {"concurrency_id": "engine", "concurrency_limit": 1}  # every event that runs models
+ENGINE = {"concurrency_id": "engine", "concurrency_limit": 1}  # model events other than keys
+MAX_PLAYERS = 16  # held-key streams running at once (their steps batch: demo/batcher.py)
 HELD_JS = "(held, ...rest) => [window.worldsimHeld(), ...rest]"  # the keys held, read at send
 log = logging.getLogger(__name__)
 
@@ -70,11 +77,17 @@ def build_app(handlers: PlayHandlers) -> gr.Blocks:
         page = _layout(handlers)
         _wire_play(handlers, page)
         _wire_starts(handlers, page)
-        started = app.load(
-            _shown(lambda s, *k: handlers.start_builtin(0, Settings(*k))),
-            [page.session, *page.knobs], page.shown, **ENGINE,
-        )  # fmt: skip
+
+        def first(session: Any, n: Any, t: Any, s: Any, g: Any, request: gr.Request) -> Any:
+            return handlers.start_builtin(0, Settings(n, t, s, g), _player(request))
+
+        started = app.load(_shown(first), [page.session, *page.knobs], page.shown, **ENGINE)
         _then_preview(handlers, page, started)
+
+        def left(request: gr.Request) -> None:
+            handlers.forget(_player(request))
+
+        app.unload(left)
     return app
 
 
@@ -131,18 +144,30 @@ def _layout(handlers: PlayHandlers) -> Page:
                     label="key guidance (1: off; higher: the keys act more strongly, each frame "
                     "costs about twice as much)",
                 )  # fmt: skip
-    c["step"] = gr.Button("step", elem_id="ws-step", elem_classes=["ws-hidden"])
+    c["hold"] = gr.Button("hold", elem_id="ws-hold", elem_classes=["ws-hidden"])
+    c["keys"] = gr.Button("keys", elem_id="ws-keys", elem_classes=["ws-hidden"])
     c["held"] = gr.Textbox(elem_classes=["ws-hidden"])
     return Page(session, frame, status, steps, temperature, seed, guidance, c)
 
 
 def _wire_play(handlers: PlayHandlers, page: Page) -> None:
     c, knobs, shown = page.controls, page.knobs, page.shown
-    c["step"].click(
-        _shown(lambda h, s, *k: handlers.step_held(h, s, Settings(*k))),
-        [c["held"], page.session, *knobs], shown, js=HELD_JS, show_progress="hidden",
-        trigger_mode="once", **ENGINE,
-    ).then(None, js="() => window.worldsimStepDone()")  # fmt: skip
+
+    def hold(
+        held: str, session: Any, n: Any, t: Any, s: Any, g: Any, request: gr.Request
+    ) -> Any:  # n, t, s, g: the knobs; Gradio passes gr.Request only to a named parameter
+        return handlers.hold(held, session, Settings(n, t, s, g), _player(request))
+
+    def keys(held: str, request: gr.Request) -> None:
+        handlers.set_keys(held, _player(request))
+
+    c["hold"].click(
+        _streamed(hold), [c["held"], page.session, *knobs], shown, js=HELD_JS,
+        show_progress="hidden", trigger_mode="once", concurrency_id="players",
+        concurrency_limit=MAX_PLAYERS,
+    ).then(None, js="() => window.worldsimStreamDone()")  # fmt: skip
+    # Outside the queue: a key change reaches a running stream at once, never behind steps.
+    c["keys"].click(keys, [c["held"]], None, js=HELD_JS, queue=False, show_progress="hidden")
     for action in handlers.preview_actions():
         c[f"action {action}"].click(
             _shown(lambda s, *k, a=action: handlers.step(a, s, Settings(*k))),
@@ -173,20 +198,25 @@ def _wire_starts(handlers: PlayHandlers, page: Page) -> None:
     c, knobs, shown = page.controls, page.knobs, page.shown
 
     def pick(
-        session: Any, steps: Any, temperature: Any, seed: Any, guidance: Any, evt: gr.SelectData
-    ) -> Any:
+        session: Any, steps: Any, temperature: Any, seed: Any, guidance: Any,
+        evt: gr.SelectData, request: gr.Request,
+    ) -> Any:  # fmt: skip
         settings = Settings(steps, temperature, seed, guidance)
-        return handlers.start_builtin(int(evt.index), settings)
+        return handlers.start_builtin(int(evt.index), settings, _player(request))
+
+    def clip(name: str, session: Any, n: Any, t: Any, s: Any, g: Any, request: gr.Request) -> Any:
+        return handlers.start_shard_clip(name, Settings(n, t, s, g), _player(request))
+
+    def upload(
+        path: str | None, session: Any, n: Any, t: Any, s: Any, g: Any, request: gr.Request
+    ) -> Any:
+        return handlers.start_upload(path, Settings(n, t, s, g), _player(request))
 
     picked = c["gallery"].select(_shown(pick), [page.session, *knobs], shown, **ENGINE)
-    chosen = c["clips"].input(
-        _shown(lambda clip, s, *k: handlers.start_shard_clip(clip, Settings(*k))),
-        [c["clips"], page.session, *knobs], shown, **ENGINE,
-    )  # fmt: skip
+    chosen = c["clips"].input(_shown(clip), [c["clips"], page.session, *knobs], shown, **ENGINE)
     uploaded = c["upload"].upload(
-        _shown(lambda path, s, *k: handlers.start_upload(path, Settings(*k))),
-        [c["upload"], page.session, *knobs], shown, **ENGINE,
-    )  # fmt: skip
+        _shown(upload), [c["upload"], page.session, *knobs], shown, **ENGINE
+    )
     for event in (picked, chosen, uploaded):
         _then_preview(handlers, page, event)
 
@@ -204,6 +234,28 @@ def _shown(fn: Callable[..., Any]) -> Callable[..., Any]:
         return session, view.frame_html, view.status
 
     return _friendly(run, 3)
+
+
+def _streamed(fn: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
+    """`_shown` for a handler that yields (session, view) frame after frame."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            for session, view in fn(*args, **kwargs):
+                yield session, view.frame_html, view.status
+        except PlayError as err:
+            gr.Warning(str(err))
+        except Exception as err:
+            log.exception("play stream failed")
+            raise gr.Error(f"the world could not do that ({type(err).__name__})") from None
+
+    return run
+
+
+def _player(request: gr.Request) -> str:
+    """The id the handlers know a player by: its browser session's."""
+    return request.session_hash or "anonymous"
 
 
 def _friendly(fn: Callable[..., Any], outputs: int) -> Callable[..., Any]:
@@ -232,8 +284,13 @@ def launch(
     device: str = "cpu",
     open_browser: bool = False,
     block: bool = True,
+    threads: int | None = None,
 ) -> tuple[gr.Blocks, str]:
-    """Load the world once and serve the app; returns the app and its local URL."""
+    """Load the world once and serve the app; returns the app and its local URL. `threads`:
+    torch threads for the models; None leaves half the cores to a browser on this machine (on
+    2 cores, one thread gave one player 28-31 FPS on the page against 19 with two, whose
+    threads wait on each other while the browser holds a core)."""
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     engine = WorldSimulator.from_pretrained(world, EngineConfig(device=device))
     handlers = PlayHandlers(engine, world, shard_clips)
     atexit.register(handlers.close)  # the session videos' temporary folder
@@ -244,6 +301,7 @@ def launch(
         max_file_size=f"{MAX_UPLOAD_MB}mb", css=(STATIC / "play.css").read_text(),
         js=(STATIC / "play.js").read_text(), footer_links=[], quiet=True,
     )  # fmt: skip
+    app.app.add_api_route("/worldsim/status", lambda: {"players": len(handlers.players)})
     # quiet: Gradio's own banner tells a command-line user to edit launch(share=True)
     print(f"worldsim play: serving {world.name} on {url} (Ctrl+C stops)", flush=True)
     if block:

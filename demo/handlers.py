@@ -2,6 +2,11 @@
 buttons and keys, tests call them directly. Each handler takes the player's own `PlaySession`
 (or None before the first start) and returns the new session and what to show; a problem the
 player can fix raises `PlayError`, and no handler touches another player's session.
+
+A held key is a stream (`hold`): it steps the world frame after frame, each step batched with
+the other players' (demo/batcher.py), for as long as the keys the page last sent (`set_keys`)
+mean an action, so the next frame is being made while the page shows the last. Players are
+known by an id (the browser session's); `forget` frees a player's world when the page closes.
 """
 
 from __future__ import annotations
@@ -9,12 +14,14 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from demo.batcher import StepBatcher
 from demo.controls import DIGITS, Controls, controls_for
 from demo.session import PlaySession, Start
 from demo.uploads import BuiltinStart, PlayError, builtin_starts, load_start
@@ -67,6 +74,10 @@ class PlayHandlers:
         self.starts: list[BuiltinStart] = builtin_starts(world)
         self.shard_clips = list(shard_clips)  # "SHARD.tar#KEY" the server was started with
         self.downloads = Path(tempfile.mkdtemp(prefix="worldsim-play-"))
+        self.engine_lock = threading.Lock()  # the models run one call at a time
+        self.batcher = StepBatcher(engine, self.engine_lock)
+        self.players: dict[str, PlaySession] = {}  # player id -> the world it plays now
+        self.keys: dict[str, str] = {}  # player id -> the keys its page last said are held
 
     @property
     def default_sampling(self) -> SamplingConfig:
@@ -87,33 +98,54 @@ class PlayHandlers:
         return sampling
 
     # -- starting ---------------------------------------------------------------------------
-    def start_builtin(self, index: int, settings: Settings) -> tuple[PlaySession, View]:
+    def start_builtin(
+        self, index: int, settings: Settings, player: str = "local"
+    ) -> tuple[PlaySession, View]:
         if not 0 <= index < len(self.starts):
             raise PlayError(f"there is no built-in start frame {index}")
         start = self.starts[index]
-        return self._begin(load_start(start.path, self._max_prompt), start.label, settings)
+        loaded = load_start(start.path, self._max_prompt)
+        return self._begin(loaded, start.label, settings, player)
 
-    def start_shard_clip(self, clip: str, settings: Settings) -> tuple[PlaySession, View]:
+    def start_shard_clip(
+        self, clip: str, settings: Settings, player: str = "local"
+    ) -> tuple[PlaySession, View]:
         if clip not in self.shard_clips:  # only clips the server offered, never a typed path
             raise PlayError(f"{clip!r} is not one of the shard clips offered")
         label = clip.rsplit("/", 1)[-1]
-        return self._begin(load_start(clip, self._max_prompt, label), label, settings)
+        return self._begin(load_start(clip, self._max_prompt, label), label, settings, player)
 
-    def start_upload(self, path: str | None, settings: Settings) -> tuple[PlaySession, View]:
+    def start_upload(
+        self, path: str | None, settings: Settings, player: str = "local"
+    ) -> tuple[PlaySession, View]:
         if not path:
             raise PlayError("no file was uploaded")
         label = f"upload {Path(path).name}"
-        return self._begin(load_start(path, self._max_prompt, label), label, settings)
+        return self._begin(load_start(path, self._max_prompt, label), label, settings, player)
 
     # -- playing ----------------------------------------------------------------------------
-    def step_held(
-        self, held: str, session: PlaySession | None, settings: Settings
-    ) -> tuple[PlaySession, View] | None:
-        """One frame under the keys held; None when they mean no action of this world."""
-        action = self.controls.action_for(held or "")
-        if action is None:
-            return None
-        return self.step(action, session, settings)
+    def hold(
+        self, held: str, session: PlaySession | None, settings: Settings, player: str = "local"
+    ) -> Iterator[tuple[PlaySession, View]]:
+        """Frames for as long as the player's held keys (`held` now, then whatever `set_keys`
+        says) mean an action: one step in flight, batched with the other players'. Ends when
+        the keys are released or the player leaves."""
+        session, sampling = self._require(session), self.sampling(settings)
+        self.keys[player] = held or ""
+        while True:
+            action = self.controls.action_for(self.keys.get(player, ""))
+            if action is None:
+                return
+            with session.lock:
+                if session.closed:
+                    return
+                session.step(action, sampling)
+                view = self.view(session)
+            yield session, view
+
+    def set_keys(self, held: str, player: str = "local") -> None:
+        """The keys the player's page holds now (what a running `hold` steps with next)."""
+        self.keys[player] = held or ""
 
     def step(
         self, action: int, session: PlaySession | None, settings: Settings
@@ -121,28 +153,40 @@ class PlayHandlers:
         session = self._require(session)
         if not 0 <= action < self.engine.action_space.n:
             raise PlayError(f"action {action} is not one of this world's actions")
-        session.step(action, self.sampling(settings))
-        return session, self.view(session)
+        with session.lock:
+            session.step(action, self.sampling(settings))
+            return session, self.view(session)
 
     def undo(self, session: PlaySession | None) -> tuple[PlaySession, View]:
         session = self._require(session)
-        if not session.undo():
-            raise PlayError("nothing to undo (the oldest kept frame is shown)")
-        return session, self.view(session)
+        with session.lock:
+            if not session.undo():
+                raise PlayError("nothing to undo (the oldest kept frame is shown)")
+            return session, self.view(session)
 
     def restart(self, session: PlaySession | None, settings: Settings) -> tuple[PlaySession, View]:
         session = self._require(session)
-        session.restart(_seed(settings))
-        return session, self.view(session)
+        with session.lock, self.engine_lock:
+            session.restart(_seed(settings))
+            return session, self.view(session)
+
+    def forget(self, player: str) -> None:
+        """The player's page closed: stop its stream and free its world."""
+        self.keys.pop(player, None)
+        session = self.players.pop(player, None)
+        if session is not None:
+            session.close()
 
     # -- showing ----------------------------------------------------------------------------
     def view(self, session: PlaySession) -> View:
-        parts = [f"frame {session.frame_index}"]
+        parts, ms = [f"frame {session.frame_index}"], None
         if session.steps:
             action = self.controls.controls[session.steps[-1].action].label
-            parts += [action, f"{session.last_step_s * 1000:.0f} ms to generate"]
+            ms = session.last_step_s * 1000
+            together = f" ({session.last_batch} players at once)" if session.last_batch > 1 else ""
+            parts += [action, f"{ms:.0f} ms to generate{together}"]
         parts += [f"from {session.start.label}", f"seed {session.seed}"]
-        return View(frame_img(session.frame, session.frame_index), " · ".join(parts))
+        return View(frame_img(session.frame, session.frame_index, ms), " · ".join(parts))
 
     def header(self) -> str:
         """The line above the page: the world, its actions and the keys that give them."""
@@ -169,7 +213,8 @@ class PlayHandlers:
         previews: dict[int, np.ndarray] = {}
         if session is not None and previews_wanted:
             sampling = self.sampling(settings)
-            previews = dict(zip(shown, session.preview(shown, sampling), strict=True))
+            with session.lock, self.engine_lock:
+                previews = dict(zip(shown, session.preview(shown, sampling), strict=True))
         rows = []
         for action in shown:
             control = self.controls.controls[action]
@@ -209,14 +254,19 @@ class PlayHandlers:
         return self.engine.max_prompt_frames
 
     def _begin(
-        self, loaded: LoadedPrompt, label: str, settings: Settings
+        self, loaded: LoadedPrompt, label: str, settings: Settings, player: str
     ) -> tuple[PlaySession, View]:
         """Start from what the world can take of the clip
         (simulator.engine.prompt.prompt_and_actions: its last frames with known or inferable
-        actions between them, else its last frame)."""
-        frames, between, _ = prompt_and_actions(loaded, self.engine)
-        start = Start(frames, None if between is None else between[0], label)
-        session = PlaySession.begin(self.engine, start, _seed(settings))
+        actions between them, else its last frame). The player's previous world is freed."""
+        seed = _seed(settings)
+        with self.engine_lock:
+            frames, between, _ = prompt_and_actions(loaded, self.engine)
+            start = Start(frames, None if between is None else between[0], label)
+            session = PlaySession.begin(self.engine, start, seed, self.batcher)
+        old, self.players[player] = self.players.get(player), session
+        if old is not None:
+            old.close()
         return session, self.view(session)
 
     @staticmethod
@@ -245,8 +295,11 @@ def data_uri(frame_HWC: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(frame_HWC)).decode()
 
 
-def frame_img(frame_HWC: np.ndarray, index: int) -> str:
+def frame_img(frame_HWC: np.ndarray, index: int, engine_ms: float | None = None) -> str:
+    """The frame as the page shows it; `data-ms` (the engine's time for it) feeds the page's
+    rate readout (demo/static/play.js)."""
+    ms = "" if engine_ms is None else f' data-ms="{engine_ms:.0f}"'
     return (
-        f'<img class="ws-frame" id="ws-frame-img" data-frame="{index}" '
+        f'<img class="ws-frame" id="ws-frame-img" data-frame="{index}"{ms} '
         f'alt="world frame {index}" src="{data_uri(frame_HWC)}">'
     )

@@ -9,12 +9,14 @@ replaying that record (`replay`) gives the same frames.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from demo.batcher import StepBatcher
 from simulator.engine.sampling_config import SamplingConfig
 from simulator.engine.world_simulator import WorldSimulator, WorldState
 from worldsim.io.media import to_uint8_clips
@@ -48,10 +50,18 @@ class PlaySession:
     frames: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=MAX_FRAMES))
     history: deque[WorldState] = field(default_factory=lambda: deque(maxlen=MAX_UNDO + 1))
     last_step_s: float = 0.0  # engine time of the newest step
+    last_batch: int = 1  # worlds stepped in that engine call (players stepped together)
+    batcher: StepBatcher | None = None  # steps with other players; None: alone
+    # Held by whatever changes the session (a held key's stream, a button), so only one thing
+    # steps a world at a time.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    closed: bool = False  # its player left: history and frames are freed, nothing steps it
 
     @classmethod
-    def begin(cls, engine: WorldSimulator, start: Start, seed: int) -> PlaySession:
-        session = cls(engine, start, seed)
+    def begin(
+        cls, engine: WorldSimulator, start: Start, seed: int, batcher: StepBatcher | None = None
+    ) -> PlaySession:
+        session = cls(engine, start, seed, batcher=batcher)
         session._reset()
         return session
 
@@ -69,9 +79,14 @@ class PlaySession:
         return self.state.frame_index
 
     def step(self, action: int, sampling: SamplingConfig) -> np.ndarray:
-        began = time.perf_counter()
-        frame, state = self.engine.step(self.state, [action], sampling=sampling)
-        self.last_step_s = time.perf_counter() - began
+        if self.batcher is None:
+            began = time.perf_counter()
+            frame, state = self.engine.step(self.state, [action], sampling=sampling)
+            self.last_step_s, self.last_batch = time.perf_counter() - began, 1
+        else:
+            stepped = self.batcher.step(self.state, action, sampling)
+            frame, state = stepped.frame_BCHW, stepped.state
+            self.last_step_s, self.last_batch = stepped.seconds, stepped.batch
         self.history.append(state)
         self.steps.append(Step(action, sampling))
         self.frames.append(to_uint8_clips(frame[0]))
@@ -98,6 +113,15 @@ class PlaySession:
         state = self.state
         many = [self.engine.step(state, [a], sampling=sampling)[0][0] for a in actions]
         return [to_uint8_clips(frame) for frame in many]
+
+    def close(self) -> None:
+        """Its player left: free the world states and frames (the app may keep the emptied
+        session for a while; Gradio keeps a closed tab's state an hour)."""
+        with self.lock:
+            self.closed = True
+            self.history.clear()
+            self.frames.clear()
+            self.steps.clear()
 
     def video(self) -> np.ndarray:
         """Every frame kept, (T, H, W, 3) uint8."""

@@ -203,7 +203,7 @@ def _play(args: argparse.Namespace) -> int:
     clips = shard_clips(args.shards, split=args.split) if args.shards else []
     print(f"worldsim play: loading {world}")
     launch(world, clips, host=args.host, port=args.port, device=args.device,
-           open_browser=args.open)  # fmt: skip
+           open_browser=args.open, threads=args.threads)  # fmt: skip
     return 0
 
 
@@ -260,6 +260,11 @@ def _add_play(stages: Any) -> None:
     play.add_argument("--port", type=int, default=None, help="default 7860, or the next free")
     play.add_argument("--device", default="cpu")
     play.add_argument("--open", action="store_true", help="open a browser tab")
+    play.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads for the models (default: half the cores, leaving the rest to a "
+        "browser on the same machine)",
+    )  # fmt: skip
     play.set_defaults(func=_play)
 
 

@@ -22,7 +22,7 @@ CoinRun).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from einops import rearrange
@@ -44,6 +44,23 @@ def masked_counts(steps: int, num_tokens: int, schedule: str) -> list[int]:
     return counts
 
 
+# The random stream of a sampler: one generator for every world in the batch, or one per world
+# (WorldSimulator.step_many stacks worlds that each keep their own, so that a world's frames do
+# not depend on which others it was stepped with).
+Generators = torch.Generator | Sequence[torch.Generator]
+
+
+def uniform(shape: tuple[int, ...], device: torch.device, generator: Generators) -> Tensor:
+    """Uniform numbers of `shape` (B, ...): from the one generator, or row b from generator b,
+    drawn exactly as a batch of one draws them."""
+    if isinstance(generator, torch.Generator):
+        return torch.rand(shape, device=device, generator=generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    row = (1, *shape[1:])
+    return torch.cat([torch.rand(row, device=device, generator=g) for g in generator])
+
+
 # (frame_BN, masked_BN) -> logits (B, N, num_codes) float of the new frame's tokens; masked
 # positions of frame_BN hold placeholders the model must not see.
 LogitsFn = Callable[[Tensor, Tensor], Tensor]
@@ -55,7 +72,7 @@ def sample_next_frame(
     context_BThw: Tensor,
     actions: ActionInputs,
     cfg: SamplingConfig,
-    generator: torch.Generator,
+    generator: Generators,
 ) -> Tensor:
     """Tokens (B, h, w) of the frame after `context_BThw` (T frames, T + 1 <= max_frames).
 
@@ -93,7 +110,7 @@ def sample_next_frame_cached(
     cache: KVCache,
     actions: ActionInputs,
     cfg: SamplingConfig,
-    generator: torch.Generator,
+    generator: Generators,
 ) -> Tensor:
     """`sample_next_frame` for the frame after the `cache.length` cached frames: tokens (B, h, w).
     `actions` are indexed from the window's first frame and hold A == cache.length."""
@@ -149,7 +166,7 @@ def unmask_frame(
     n: int,
     device: torch.device,
     cfg: SamplingConfig,
-    generator: torch.Generator,
+    generator: Generators,
 ) -> Tensor:
     """MaskGIT's loop over the n tokens (B, N) of one new frame: one `logits_fn` call per step.
     The KV-cached engine runs this same loop (same draws from `generator`) with cached logits."""
@@ -166,7 +183,7 @@ def unmask_frame(
             chosen_BK = prob_BN.masked_fill(~masked_BN, -math.inf).topk(keep, dim=1).indices
             sampled_BK = sampled_BN.gather(1, chosen_BK)
         else:  # pick the positions first, then draw codes only for them
-            score_BN = torch.rand(b, n, device=device, generator=generator)
+            score_BN = uniform((b, n), device, generator)
             chosen_BK = score_BN.masked_fill(~masked_BN, -math.inf).topk(keep, dim=1).indices
             index_BKV = chosen_BK[..., None].expand(-1, -1, logits_BNV.shape[-1])
             sampled_BK = _draw(logits_BNV.gather(1, index_BKV), cfg.temperature, generator)[0]
@@ -182,7 +199,7 @@ def rollout_tokens(
     actions: ActionInputs,
     num_frames: int,
     cfg: SamplingConfig,
-    generator: torch.Generator,
+    generator: Generators,
     hop: int | None = None,
     kv_cache: bool = False,
 ) -> Tensor:
@@ -242,9 +259,7 @@ def _new_frame_logits(
     return model.head(hidden_BTND[:, -1]).float()
 
 
-def _draw(
-    logits_BKV: Tensor, temperature: float, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
+def _draw(logits_BKV: Tensor, temperature: float, generator: Generators) -> tuple[Tensor, Tensor]:
     """A code per position and its probability under the untempered softmax. Codes are drawn
     by inverting the tempered CDF with one uniform number per position: the same distribution
     as torch.multinomial at a fraction of the random numbers, which dominated a CPU step."""
@@ -253,10 +268,7 @@ def _draw(
         sampled_BK = logits_BKV.argmax(dim=-1)
     else:
         cdf_BKV = (logits_BKV / temperature).softmax(dim=-1).cumsum(dim=-1)
-        u_BK1 = (
-            torch.rand((*cdf_BKV.shape[:-1], 1), device=cdf_BKV.device, generator=generator)
-            * cdf_BKV[..., -1:]
-        )
+        u_BK1 = uniform((*cdf_BKV.shape[:-1], 1), cdf_BKV.device, generator) * cdf_BKV[..., -1:]
         # right=True: the first code whose CDF exceeds u, so codes of zero mass are never drawn.
         sampled_BK = torch.searchsorted(cdf_BKV, u_BK1, right=True)[..., 0]
         sampled_BK = sampled_BK.clamp_max(logits_BKV.shape[-1] - 1)

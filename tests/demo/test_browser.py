@@ -117,7 +117,8 @@ def test_holding_keys_plays_the_shipped_world(server, tmp_path: Path) -> None:
         status = page.inner_text("#ws-status")
         print(f"browser: {frames} frames, readout {fps!r}, status {status!r}")
         assert frames >= 8 and page.get_attribute("#ws-frame-img", "src") != first
-        assert re.fullmatch(r"\d+\.\d FPS", fps) and float(fps.split()[0]) > 0
+        assert re.fullmatch(r"\d+\.\d FPS · engine \d+ ms/frame", fps), fps
+        assert float(fps.split()[0]) > 0
         assert "RIGHT" in status
         shot = Path(os.environ.get("WORLDSIM_SCREENSHOT", tmp_path / "play.png"))
         page.screenshot(path=str(shot))
@@ -140,3 +141,50 @@ def test_holding_keys_plays_the_shipped_world(server, tmp_path: Path) -> None:
         browser.close()
     with pytest.raises(urllib.error.HTTPError):  # the server serves only its own files
         urllib.request.urlopen(f"{url}/gradio_api/file=/etc/passwd", timeout=5)
+
+
+def test_two_players_play_apart_and_a_closed_page_frees_its_world(server) -> None:
+    """Two browser sessions hold different keys at once: each sees its own action and frames,
+    both stream, and closing one page frees its world on the server (`/worldsim/status`)."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+
+    def players() -> int:
+        return json.loads(urllib.request.urlopen(f"{url}/worldsim/status", timeout=5).read())[
+            "players"
+        ]
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        pages = [browser.new_context().new_page() for _ in range(2)]
+        for page in pages:
+            page.goto(url)
+            page.wait_for_selector("#ws-frame-img", timeout=60_000)
+            page.click("h1, .prose, body", position={"x": 5, "y": 5})
+        assert players() == 2
+        for page, key in zip(pages, ["ArrowRight", "ArrowLeft"], strict=True):
+            page.keyboard.down(key)
+        for page in pages:
+            page.wait_for_function(
+                "document.querySelector('#ws-frame-img').dataset.frame >= 10", timeout=60_000
+            )
+        statuses = [page.inner_text("#ws-status") for page in pages]
+        print(f"two players: {statuses}")
+        assert " · RIGHT · " in statuses[0] and " · LEFT · " in statuses[1]
+        pages[1].close()  # mid-stream
+        for _ in range(40):
+            if players() == 1:
+                break
+            time.sleep(0.25)
+        assert players() == 1, "a closed page's world should be freed"
+        frame = int(pages[0].get_attribute("#ws-frame-img", "data-frame"))
+        pages[0].wait_for_function(
+            f"document.querySelector('#ws-frame-img').dataset.frame > {frame}", timeout=30_000
+        )  # the other player plays on
+        pages[0].keyboard.up("ArrowRight")
+        browser.close()

@@ -15,23 +15,27 @@ from PIL import Image
 import demo.uploads
 from demo.handlers import PlayHandlers
 from demo.uploads import PlayError
-from worldsim.io.media import write_video
+from worldsim.io.media import to_uint8_clips, write_video
 
 from .conftest import SETTINGS
 
 
-def frames_of(session) -> np.ndarray:
-    return session.video()
+def held_step(handlers: PlayHandlers, held: str, session, player: str = "p"):
+    """One frame of the stream a held key starts (then the key is let go)."""
+    stream = handlers.hold(held, session, SETTINGS, player)
+    shown = next(stream)
+    stream.close()
+    return shown
 
 
 def test_holding_keys_steps_the_world_and_undo_goes_back(handlers: PlayHandlers) -> None:
     session, view = handlers.start_builtin(0, SETTINGS)
     assert 'data-frame="0"' in view.frame_html and "easy level 7" in view.status
     first = session.frame.copy()
-    session, view = handlers.step_held("right", session, SETTINGS)
+    session, view = held_step(handlers, "right", session)
     assert 'data-frame="1"' in view.frame_html and "RIGHT" in view.status
-    assert handlers.step_held("", session, SETTINGS) is None  # no key: the world waits
-    handlers.step_held("left,up", session, SETTINGS)
+    assert list(handlers.hold("", session, SETTINGS)) == []  # no key: the world waits
+    held_step(handlers, "left,up", session)
     assert [s.action for s in session.steps] == [2, 4]
     session, view = handlers.undo(session)
     session, view = handlers.undo(session)
@@ -48,7 +52,7 @@ def test_the_seed_reproduces_a_session_exactly(handlers: PlayHandlers) -> None:
     def play(seed: int) -> np.ndarray:
         session, _ = handlers.start_builtin(1, dataclasses.replace(SETTINGS, seed=seed))
         for held in ["right", "right", "up", "left", "1"]:
-            handlers.step_held(held, session, SETTINGS)
+            held_step(handlers, held, session)
         handlers.step(2, session, dataclasses.replace(SETTINGS, temperature=0.5, steps=3))
         assert np.array_equal(session.replay(), session.video())
         return session.video()
@@ -80,20 +84,22 @@ def test_two_players_at_once_never_see_each_other(handlers: PlayHandlers) -> Non
     def alone(name: str) -> np.ndarray:
         session, _ = handlers.start_builtin(0, dataclasses.replace(SETTINGS, seed=seeds[name]))
         for held in keys[name]:
-            handlers.step_held(held, session, SETTINGS)
+            session.step(handlers.controls.action_for(held), handlers.sampling(SETTINGS))
         return session.video()
 
     expected = {name: alone(name) for name in keys}
     sessions = {
-        name: handlers.start_builtin(0, dataclasses.replace(SETTINGS, seed=seeds[name]))[0]
+        name: handlers.start_builtin(0, dataclasses.replace(SETTINGS, seed=seeds[name]), name)[0]
         for name in keys
     }
     errors: list[BaseException] = []
 
     def player(name: str) -> None:
         try:
+            stream = handlers.hold(keys[name][0], sessions[name], SETTINGS, name)
             for held in keys[name]:
-                handlers.step_held(held, sessions[name], SETTINGS)
+                handlers.set_keys(held, name)
+                next(stream)
                 if name == "a":  # one player's errors stay theirs
                     with pytest.raises(PlayError):
                         handlers.step(99, sessions[name], SETTINGS)
@@ -108,6 +114,42 @@ def test_two_players_at_once_never_see_each_other(handlers: PlayHandlers) -> Non
     assert errors == []
     for name in keys:
         assert np.array_equal(sessions[name].video(), expected[name]), name
+
+
+def test_a_held_key_streams_frames_until_the_keys_change_or_the_player_leaves(handlers) -> None:
+    session, _ = handlers.start_builtin(0, SETTINGS, player="p")
+    stream = handlers.hold("right", session, SETTINGS, "p")
+    assert [next(stream)[1].status.split(" · ")[1] for _ in range(3)] == ["RIGHT"] * 3
+    handlers.set_keys("left,up", "p")  # the page says the held keys changed
+    assert "LEFT+UP" in next(stream)[1].status
+    handlers.set_keys("", "p")  # all released: the stream ends
+    assert list(stream) == [] and session.frame_index == 4
+    stream = handlers.hold("right", session, SETTINGS, "p")
+    next(stream)
+    handlers.forget("p")  # the page closed mid-stream: its world is freed, the stream ends
+    assert list(stream) == [] and session.closed and len(session.history) == 0
+    assert handlers.players == {} and handlers.keys == {}
+    other, _ = handlers.start_builtin(0, SETTINGS, player="q")
+    replaced, _ = handlers.start_builtin(1, SETTINGS, player="q")  # a new start frees the old
+    assert other.closed and not replaced.closed and handlers.players == {"q": replaced}
+
+
+def test_players_who_step_at_once_share_one_engine_call(handlers: PlayHandlers) -> None:
+    """Steps waiting while the engine is busy run together, each world as it would alone."""
+    sessions = [handlers.start_builtin(i % 2, SETTINGS, player=str(i))[0] for i in range(3)]
+    expected = [s.engine.step(s.state, [2], handlers.sampling(SETTINGS))[0] for s in sessions]
+    threads = [threading.Thread(target=handlers.step, args=(2, s, SETTINGS)) for s in sessions]
+    with handlers.engine_lock:  # busy: all three requests queue up
+        for thread in threads:
+            thread.start()
+        while len(handlers.batcher._waiting) < 3:
+            threading.Event().wait(0.01)
+    for thread in threads:
+        thread.join()
+    assert [s.last_batch for s in sessions] == [3, 3, 3]
+    for session, frame in zip(sessions, expected, strict=True):
+        assert np.array_equal(session.frame, to_uint8_clips(frame[0]))
+    assert "3 players at once" in handlers.view(sessions[0]).status
 
 
 def test_downloads_hold_every_frame_as_mp4_and_gif(handlers: PlayHandlers) -> None:
@@ -143,7 +185,8 @@ def test_the_header_and_status_say_what_the_keys_do_without_repeats(handlers) ->
     assert "(NOOP, LEFT, RIGHT, UP, LEFT+UP, RIGHT+UP)" in header
     session, view = handlers.start_builtin(0, SETTINGS)
     assert view.status == "frame 0 · from easy level 7 · seed 0"
-    _, view = handlers.step_held("right", session, SETTINGS)
+    _, view = held_step(handlers, "right", session)
+    assert 'data-ms="' in view.frame_html  # the engine's time, for the page's readout
     assert view.status.startswith("frame 1 · RIGHT · ") and view.status.count("from ") == 1
 
 

@@ -103,6 +103,26 @@ class KVCache:
         values = [_copy_prefix(v, n) for v in self.storage.values]
         return KVCache(_Storage(keys, values, n), n)
 
+    @classmethod
+    def stack(cls, caches: list[KVCache]) -> KVCache:
+        """One cache of the worlds of `caches` (same length and capacity), in that order: the
+        buffers concatenated along their first, (batch * tokens), axis. A copy: the caches
+        given keep their storage."""
+        lengths = {(c.length, c.capacity, c.layers) for c in caches}
+        if len(lengths) != 1:
+            raise ValueError(f"only caches of one (length, capacity, layers) stack, got {lengths}")
+        keys = [torch.cat([c.storage.keys[i] for c in caches]) for i in range(caches[0].layers)]
+        values = [torch.cat([c.storage.values[i] for c in caches]) for i in range(caches[0].layers)]
+        return cls(_Storage(keys, values, caches[0].length), caches[0].length)
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """The cache of buffer rows start..stop (one world's tokens of a stacked cache): views
+        with their own slot bookkeeping, so writing past `length` in one world's rows never
+        touches another's."""
+        keys = [k[start:stop] for k in self.storage.keys]
+        values = [v[start:stop] for v in self.storage.values]
+        return KVCache(_Storage(keys, values, self.length), self.length)
+
     def advanced(self, frames: int) -> KVCache:
         """The cache that also holds the `frames` frames just written after `length`."""
         if self.storage.committed != self.length:
