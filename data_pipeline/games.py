@@ -1,7 +1,9 @@
-"""Game episodes as a source: Procgen and Atari episodes recorded live with a random policy.
+"""Game episodes as a source: Procgen and Atari episodes recorded live with a random policy, and
+CarRacing episodes driven along the track (data_pipeline/driving.py).
 
 One work unit is one episode on one level seed (`procgen:<env>`: procgen's `start_level=seed,
-num_levels=1`; `atari:<Game>`: gymnasium's `ALE/<Game>-v5` reset with `seed`). Level seeds are
+num_levels=1`; `atari:<Game>`: gymnasium's `ALE/<Game>-v5` reset with `seed`;
+`gym:CarRacing-v3`: the track drawn by reset with `seed`, continuous actions). Level seeds are
 what keep the training and held-out splits disjoint, so every unit exposes its `level_seed` and
 `game` for the shard job to record and check.
 
@@ -32,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image, ImageOps
 
+from data_pipeline import driving
 from data_pipeline.config import ShardConfig
 from data_pipeline.schema import ActionSpace, Clip
 
@@ -50,7 +53,10 @@ def episode_units(spec: str, cfg: ShardConfig) -> list[EpisodeUnit]:
     playing level seed cfg.level_start + i. Raises ValueError for an unknown family or game."""
     family, _, name = spec.partition(":")
     if family not in _CANONICAL_NAME:
-        raise ValueError(f"unknown game source {spec!r}; use 'procgen:<env>' or 'atari:<Game>'")
+        raise ValueError(
+            f"unknown game source {spec!r}; use 'procgen:<env>', 'atari:<Game>' or "
+            f"'gym:{driving.CAR_RACING}'"
+        )
     env_name = _CANONICAL_NAME[family](name, cfg)
     seeds = range(cfg.level_start, cfg.level_start + cfg.episodes)
     return [
@@ -118,10 +124,17 @@ def _atari_games() -> dict[str, str]:
     return {n.lower(): n for n in names}
 
 
+def _gym_name(name: str, cfg: ShardConfig) -> str:
+    if name.lower() != driving.CAR_RACING.lower():
+        raise ValueError(f"unknown gym source {name!r}; the gym family has {driving.CAR_RACING}")
+    return driving.CAR_RACING
+
+
 # Family -> validator returning the canonical env name; a dict so new families plug in here.
 _CANONICAL_NAME: dict[str, Callable[[str, ShardConfig], str]] = {
     "procgen": _procgen_name,
     "atari": _atari_name,
+    "gym": _gym_name,
 }
 
 
@@ -131,17 +144,27 @@ class EpisodeUnit:
 
     uid: str
     game: str  # the canonical SOURCE spec, e.g. "procgen:coinrun"; keys level seeds per game
-    family: str  # "procgen" | "atari"
+    family: str  # "procgen" | "atari" | "gym"
     env_name: str  # "coinrun", "Breakout", ...
     level_seed: int
 
     def action_space(self) -> ActionSpace:
         if self.family == "procgen":
             return procgen_action_space()
+        if self.family == "gym":
+            return ActionSpace("continuous", shape=(3,), names=driving.ACTION_NAMES)
         return atari_action_space(self.env_name)
 
     def clips(self, cfg: ShardConfig, stats: Counter[str]) -> Iterator[Clip]:
-        frames_THWC, actions_T = self.record(cfg)
+        extras: dict[str, np.ndarray] = {}
+        if self.family == "gym":
+            drive = driving.record_drive(self.level_seed, cfg.max_steps, cfg.frame_skip, cfg.seed)
+            fitted = [fit_frame(driving.without_hud(f), cfg.size) for f in drive.frames]
+            frames_THWC = np.stack(fitted)
+            actions_T = drive.actions
+            extras = {"rewards": drive.rewards, "ends": drive.ends, "on_road": drive.on_road}
+        else:
+            frames_THWC, actions_T = self.record(cfg)
         if len(frames_THWC) < cfg.frames:
             stats["too_short"] += 1
             return
@@ -158,13 +181,22 @@ class EpisodeUnit:
         if self.family == "procgen":
             meta["license"] = PROCGEN_LICENSE
             meta["distribution_mode"] = cfg.distribution_mode
+        elif self.family == "gym":
+            meta["license"] = driving.LICENSE
+            meta["policy"] = driving.POLICY
         else:
             meta["license"] = ALE_LICENSE
         for start in range(0, len(frames_THWC) - cfg.frames + 1, cfg.stride):
             stop = start + cfg.frames
             # episode_step counts recorded frames; the env took episode_step * frame_skip steps.
-            step_meta = {"episode_step": start, "start_time": round(start / fps, 6)}
-            yield Clip(frames_THWC[start:stop], actions_T[start:stop], {**meta, **step_meta})
+            step_meta: dict[str, Any] = {"episode_step": start, "start_time": round(start / fps, 6)}
+            if "on_road" in extras:  # the share of the clip's frames with a wheel on the track
+                step_meta["on_road"] = round(float(extras["on_road"][start:stop].mean()), 4)
+            yield Clip(
+                frames_THWC[start:stop], actions_T[start:stop], {**meta, **step_meta},
+                rewards=extras["rewards"][start:stop] if extras else None,
+                ends=extras["ends"][start:stop] if extras else None,
+            )  # fmt: skip
 
     def record(self, cfg: ShardConfig) -> tuple[np.ndarray, np.ndarray]:
         """Play the episode: frames uint8 (T, size, size, 3) and actions int64 (T,)."""
@@ -178,11 +210,15 @@ class EpisodeUnit:
         """A fresh env at this unit's level; the caller closes it."""
         if self.family == "procgen":
             return ProcgenGame(self.env_name, self.level_seed, cfg.distribution_mode)
+        if self.family == "gym":
+            raise ValueError(f"{self.game} is driven by data_pipeline.driving, not a random policy")
         return AtariGame(self.env_name, self.level_seed)
 
     def fps(self, cfg: ShardConfig) -> float:
         if self.family == "procgen":
             return PROCGEN_FPS / cfg.frame_skip
+        if self.family == "gym":
+            return driving.CAR_RACING_HZ / cfg.frame_skip
         import gymnasium as gym
 
         _atari_games()  # registers the ALE envs

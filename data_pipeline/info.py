@@ -27,6 +27,8 @@ from worldsim.io.files import write_atomic
 SHEET_ROWS = 4  # sample clips on the contact sheet
 SHEET_COLS = 8  # frames per clip on the sheet (fewer when clips are shorter)
 CAPTION = 12  # pixels above each row of frames, for the frame indices
+HIST_BINS = 10  # bins of each continuous control's histogram
+BARS = " ▁▂▃▄▅▆▇█"
 
 
 @dataclass
@@ -41,6 +43,9 @@ class SplitInfo:
     clips_with_actions: int = 0
     action_space: dict[str, Any] | None = None
     action_counts: dict[str, int] = field(default_factory=dict)  # discrete: name -> steps
+    # Continuous: control name -> (low, high, counts in HIST_BINS equal bins over [low, high]).
+    control_histograms: dict[str, tuple[float, float, list[int]]] = field(default_factory=dict)
+    on_road: float | None = None  # driving clips: share of frames with a wheel on the track
 
     def render(self) -> str:
         res = ", ".join(f"{r} ({n})" for r, n in self.resolutions.items()) or "-"
@@ -57,6 +62,12 @@ class SplitInfo:
         if total:
             freq = ", ".join(f"{k} {v / total:.1%}" for k, v in self.action_counts.items())
             lines.append(f"  action frequency: {freq}")
+        for name, (low, high, counts) in self.control_histograms.items():
+            top = max(counts) or 1
+            bars = "".join(BARS[round(8 * c / top)] for c in counts)
+            lines.append(f"  {name} {low:g}..{high:g} |{bars}| ({HIST_BINS} equal bins)")
+        if self.on_road is not None:
+            lines.append(f"  on the road: {self.on_road:.1%} of frames")
         return "\n".join(lines)
 
 
@@ -87,7 +98,9 @@ def _samples(path: Path) -> Iterator[dict[str, Any]]:
         yield from group_by_keys(tar_file_expander([{"url": str(path), "stream": stream}]))
 
 
-def _add_clip(info: SplitInfo, clip: Clip, counts: Counter[int]) -> None:
+def _add_clip(
+    info: SplitInfo, clip: Clip, counts: Counter[int], controls: list[np.ndarray]
+) -> None:
     t, h, w, _ = clip.frames.shape
     info.clips += 1
     info.frames += t
@@ -99,6 +112,26 @@ def _add_clip(info: SplitInfo, clip: Clip, counts: Counter[int]) -> None:
         info.clips_with_actions += 1
         if clip.actions.ndim == 1:
             counts.update(clip.actions.tolist())
+        else:
+            controls.append(clip.actions.reshape(t, -1))
+
+
+def _histograms(
+    space: dict[str, Any] | None, controls: list[np.ndarray]
+) -> dict[str, tuple[float, float, list[int]]]:
+    """Each continuous control's histogram over its observed range, rounded out to integers
+    (steer -1..1, gas 0..1)."""
+    if not controls:
+        return {}
+    values = np.concatenate(controls)
+    names = list((space or {}).get("names") or [f"control {i}" for i in range(values.shape[1])])
+    out = {}
+    for i, name in enumerate(names[: values.shape[1]]):
+        low, high = float(np.floor(values[:, i].min())), float(np.ceil(values[:, i].max()))
+        high = high if high > low else low + 1
+        counts, _ = np.histogram(values[:, i], bins=HIST_BINS, range=(low, high))
+        out[name] = (low, high, counts.tolist())
+    return out
 
 
 def _named_counts(space: dict[str, Any] | None, counts: Counter[int]) -> dict[str, int]:
@@ -115,6 +148,8 @@ def _scan_split(
     info = SplitInfo(name, len(entry["shards"]), fps=entry.get("fps"))
     info.action_space = entry.get("action_space")
     counts: Counter[int] = Counter()
+    controls: list[np.ndarray] = []
+    on_road = [0.0, 0]  # frames on the road, frames of clips that say
     kept: dict[int, tuple[str, Clip]] = {}
     for shard in tqdm(
         entry["shards"], desc=f"info {name}", unit="shard", leave=False, disable=None
@@ -127,11 +162,16 @@ def _scan_split(
             clip = decode_sample(sample)
             if first + info.clips in picks:
                 kept[first + info.clips] = (f"{name}/{sample.get('__key__', '?')}", clip)
-            _add_clip(info, clip, counts)
+            _add_clip(info, clip, counts, controls)
+            if "on_road" in clip.meta:
+                on_road[0] += float(clip.meta["on_road"]) * len(clip.frames)
+                on_road[1] += len(clip.frames)
             n += 1
         if n != shard["count"]:
             raise ValueError(f"{path} holds {n} clips but {MANIFEST} says {shard['count']}")
     info.action_counts = _named_counts(info.action_space, counts)
+    info.control_histograms = _histograms(info.action_space, controls)
+    info.on_road = on_road[0] / on_road[1] if on_road[1] else None
     return info, kept
 
 

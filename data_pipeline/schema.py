@@ -9,6 +9,8 @@ One webdataset sample is one clip:
 | `actions.npy`   | present only when actions are known: int64 (T,) for a discrete space or     |
 |                 | float32 (T, D) for a continuous one. `actions[t]` is the action taken after |
 |                 | frame t was observed, i.e. the one that leads to frame t+1.                 |
+| `rewards.npy`   | driving episodes only: float32 (T,), the reward for actions[t]              |
+| `ends.npy`      | driving episodes only: bool (T,), the episode ended after actions[t]        |
 | `meta.json`     | source, start_time (s), fps, license/origin tag, action_space, and for game |
 |                 | episodes the game, level seed and episode step of frame 0                   |
 
@@ -27,6 +29,8 @@ import numpy as np
 
 FRAMES = "frames.npy"
 ACTIONS = "actions.npy"
+REWARDS = "rewards.npy"
+ENDS = "ends.npy"
 META = "meta.json"
 
 
@@ -37,7 +41,8 @@ class ActionSpace:
     type: str  # "discrete" | "continuous"
     n: int | None = None  # number of discrete actions
     shape: tuple[int, ...] | None = None  # continuous action shape, e.g. (2,) for steer, speed
-    names: tuple[str, ...] | None = None  # human-readable discrete action names
+    # Human-readable names: of each discrete action, or of each continuous dimension.
+    names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.type == "discrete":
@@ -74,15 +79,19 @@ class Clip:
     frames: np.ndarray  # (T, H, W, 3) uint8
     actions: np.ndarray | None  # (T,) int64 or (T, D) float32; None when unknown
     meta: dict[str, Any] = field(default_factory=dict)
+    rewards: np.ndarray | None = None  # (T,) float32: the reward for actions[t]
+    ends: np.ndarray | None = None  # (T,) bool: the episode ended after actions[t]
 
     def __post_init__(self) -> None:
         f = self.frames
         if f.dtype != np.uint8 or f.ndim != 4 or f.shape[-1] != 3:
             raise ValueError(f"clip frames must be uint8 (T, H, W, 3), got {f.dtype} {f.shape}")
-        if self.actions is not None and len(self.actions) != len(f):
-            raise ValueError(
-                f"clip has {len(f)} frames but {len(self.actions)} actions; they must match"
-            )
+        for name in ("actions", "rewards", "ends"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(f):
+                raise ValueError(
+                    f"clip has {len(f)} frames but {len(values)} {name}; they must match"
+                )
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -98,8 +107,9 @@ def encode_sample(key: str, clip: Clip) -> dict[str, Any]:
         FRAMES: _npy_bytes(np.ascontiguousarray(clip.frames)),
         META: json.dumps(clip.meta, sort_keys=True).encode(),
     }
-    if clip.actions is not None:
-        sample[ACTIONS] = _npy_bytes(np.ascontiguousarray(clip.actions))
+    for member, values in ((ACTIONS, clip.actions), (REWARDS, clip.rewards), (ENDS, clip.ends)):
+        if values is not None:
+            sample[member] = _npy_bytes(np.ascontiguousarray(values))
     return sample
 
 
@@ -109,8 +119,9 @@ def decode_sample(sample: dict[str, Any]) -> Clip:
     if FRAMES not in sample:
         raise ValueError(f"sample {key!r} has no {FRAMES}")
     frames = np.load(io.BytesIO(sample[FRAMES]), allow_pickle=False)
-    actions = None
-    if ACTIONS in sample:
-        actions = np.load(io.BytesIO(sample[ACTIONS]), allow_pickle=False)
+    actions, rewards, ends = (
+        np.load(io.BytesIO(sample[m]), allow_pickle=False) if m in sample else None
+        for m in (ACTIONS, REWARDS, ENDS)
+    )
     meta = json.loads(sample[META]) if META in sample else {}
-    return Clip(frames=frames, actions=actions, meta=meta)
+    return Clip(frames=frames, actions=actions, meta=meta, rewards=rewards, ends=ends)

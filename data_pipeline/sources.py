@@ -35,7 +35,7 @@ class WorkUnit(Protocol):
         ...
 
 
-GAME_PREFIXES = ("procgen:", "atari:")
+GAME_PREFIXES = ("procgen:", "atari:", "gym:")
 
 
 def resolve_sources(cfg: ShardConfig) -> list[WorkUnit]:

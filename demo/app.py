@@ -59,11 +59,45 @@ class Page:
     seed: gr.Number
     guidance: gr.Slider
     controls: dict[str, Any]  # buttons and inputs by name
+    sliders: list[gr.Slider]  # a continuous world's controls, shown and set; [] otherwise
 
     @property
     def shown(self) -> list[Any]:
         """What a handler's (session, view) updates."""
-        return [self.session, self.frame, self.status]
+        return [self.session, self.frame, self.status, *self.sliders]
+
+    def outputs(self, session: Any, view: Any) -> tuple[Any, ...]:
+        values = view.controls if self.sliders and view.controls else []
+        return (session, view.frame_html, view.status, *values)
+
+    def shows(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """A handler's (session, view) as the outputs of `shown`; None (keys that mean nothing
+        in this world) leaves the page as it is."""
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            result = fn(*args, **kwargs)
+            if result is None:
+                return tuple(gr.skip() for _ in self.shown)
+            return self.outputs(*result)
+
+        return _friendly(run, len(self.shown))
+
+    def streams(self, fn: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
+        """`shows` for a handler that yields (session, view) frame after frame."""
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                for session, view in fn(*args, **kwargs):
+                    yield self.outputs(session, view)
+            except PlayError as err:
+                gr.Warning(str(err))
+            except Exception as err:
+                log.exception("play stream failed")
+                raise gr.Error(f"the world could not do that ({type(err).__name__})") from None
+
+        return run
 
     @property
     def knobs(self) -> list[Any]:
@@ -81,7 +115,7 @@ def build_app(handlers: PlayHandlers) -> gr.Blocks:
         def first(session: Any, n: Any, t: Any, s: Any, g: Any, request: gr.Request) -> Any:
             return handlers.start_builtin(0, Settings(n, t, s, g), _player(request))
 
-        started = app.load(_shown(first), [page.session, *page.knobs], page.shown, **ENGINE)
+        started = app.load(page.shows(first), [page.session, *page.knobs], page.shown, **ENGINE)
         _then_preview(handlers, page, started)
 
         def left(request: gr.Request) -> None:
@@ -109,6 +143,7 @@ def _layout(handlers: PlayHandlers) -> Page:
             frame = gr.HTML(elem_id="ws-frame")
             gr.HTML('<span id="ws-fps">0.0 FPS</span><span id="ws-paused"></span>')
             status = gr.Markdown("pick a start frame", elem_id="ws-status")
+            sliders = _sliders(handlers)
             with gr.Row():
                 for name in ("pause (P)", "undo", "restart", "download mp4", "download GIF"):
                     c[name] = gr.Button(name, size="sm")
@@ -147,7 +182,24 @@ def _layout(handlers: PlayHandlers) -> Page:
     c["hold"] = gr.Button("hold", elem_id="ws-hold", elem_classes=["ws-hidden"])
     c["keys"] = gr.Button("keys", elem_id="ws-keys", elem_classes=["ws-hidden"])
     c["held"] = gr.Textbox(elem_classes=["ws-hidden"])
-    return Page(session, frame, status, steps, temperature, seed, guidance, c)
+    if sliders:
+        c["drive"] = gr.Button("one frame with these controls", size="sm", elem_id="ws-drive")
+    return Page(session, frame, status, steps, temperature, seed, guidance, c, sliders)
+
+
+def _sliders(handlers: PlayHandlers) -> list[gr.Slider]:
+    """One slider per control of a continuous world, showing its value as the keys ramp it."""
+    space = handlers.engine.action_space
+    if not space.continuous:
+        return []
+    names = space.names or [f"control {i}" for i in range(space.n)]
+    rest = space.idle()
+    assert isinstance(rest, list)  # a continuous space's rest is a value per control
+    with gr.Row():
+        return [
+            gr.Slider(lo, hi, value=r, step=0.05, label=name, elem_id=f"ws-control-{name}")
+            for name, lo, hi, r in zip(names, space.low, space.high, rest, strict=True)
+        ]
 
 
 def _wire_play(handlers: PlayHandlers, page: Page) -> None:
@@ -162,7 +214,7 @@ def _wire_play(handlers: PlayHandlers, page: Page) -> None:
         handlers.set_keys(held, _player(request))
 
     c["hold"].click(
-        _streamed(hold), [c["held"], page.session, *knobs], shown, js=HELD_JS,
+        page.streams(hold), [c["held"], page.session, *knobs], shown, js=HELD_JS,
         show_progress="hidden", trigger_mode="once", concurrency_id="players",
         concurrency_limit=MAX_PLAYERS,
     ).then(None, js="() => window.worldsimStreamDone()")  # fmt: skip
@@ -170,13 +222,25 @@ def _wire_play(handlers: PlayHandlers, page: Page) -> None:
     c["keys"].click(keys, [c["held"]], None, js=HELD_JS, queue=False, show_progress="hidden")
     for action in handlers.preview_actions():
         c[f"action {action}"].click(
-            _shown(lambda s, *k, a=action: handlers.step(a, s, Settings(*k))),
+            page.shows(lambda s, *k, a=action: handlers.step(a, s, Settings(*k))),
             [page.session, *knobs], shown, show_progress="hidden", **ENGINE,
         )  # fmt: skip
+    if page.sliders:  # a driven world: the sliders set its controls, a button steps once
+
+        def set_controls(session: Any, *values: Any) -> Any:
+            return handlers.set_controls(values, session)
+
+        def drive(session: Any, *knobs: Any) -> Any:
+            controls = list(session.controls) if session is not None else []
+            return handlers.step(controls, session, Settings(*knobs))
+
+        for slider in page.sliders:
+            slider.release(page.shows(set_controls), [page.session, *page.sliders], shown)
+        c["drive"].click(page.shows(drive), [page.session, *knobs], shown, **ENGINE)
     c["pause (P)"].click(None, js="() => window.worldsimTogglePause()")
-    c["undo"].click(_shown(handlers.undo), [page.session], shown, **ENGINE)
+    c["undo"].click(page.shows(handlers.undo), [page.session], shown, **ENGINE)
     c["restart"].click(
-        _shown(lambda s, *k: handlers.restart(s, Settings(*k))), [page.session, *knobs], shown,
+        page.shows(lambda s, *k: handlers.restart(s, Settings(*k))), [page.session, *knobs], shown,
         **ENGINE,
     )  # fmt: skip
     c["preview"].click(
@@ -212,45 +276,13 @@ def _wire_starts(handlers: PlayHandlers, page: Page) -> None:
     ) -> Any:
         return handlers.start_upload(path, Settings(n, t, s, g), _player(request))
 
-    picked = c["gallery"].select(_shown(pick), [page.session, *knobs], shown, **ENGINE)
-    chosen = c["clips"].input(_shown(clip), [c["clips"], page.session, *knobs], shown, **ENGINE)
+    picked = c["gallery"].select(page.shows(pick), [page.session, *knobs], shown, **ENGINE)
+    chosen = c["clips"].input(page.shows(clip), [c["clips"], page.session, *knobs], shown, **ENGINE)
     uploaded = c["upload"].upload(
-        _shown(upload), [c["upload"], page.session, *knobs], shown, **ENGINE
+        page.shows(upload), [c["upload"], page.session, *knobs], shown, **ENGINE
     )
     for event in (picked, chosen, uploaded):
         _then_preview(handlers, page, event)
-
-
-def _shown(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A handler's (session, view) as the three outputs of `Page.shown`; None (keys that mean
-    nothing in this world) leaves the page as it is."""
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        result = fn(*args, **kwargs)
-        if result is None:
-            return gr.skip(), gr.skip(), gr.skip()
-        session, view = result
-        return session, view.frame_html, view.status
-
-    return _friendly(run, 3)
-
-
-def _streamed(fn: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
-    """`_shown` for a handler that yields (session, view) frame after frame."""
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            for session, view in fn(*args, **kwargs):
-                yield session, view.frame_html, view.status
-        except PlayError as err:
-            gr.Warning(str(err))
-        except Exception as err:
-            log.exception("play stream failed")
-            raise gr.Error(f"the world could not do that ({type(err).__name__})") from None
-
-    return run
 
 
 def _player(request: gr.Request) -> str:

@@ -37,7 +37,7 @@ GATHER_S = 0.004
 @dataclass
 class _Request:
     state: WorldState
-    action: int
+    action: int | list[float]  # an id, or a continuous world's controls
     sampling: SamplingConfig
     result: tuple[Tensor, WorldState] | None = None
     error: BaseException | None = None
@@ -63,7 +63,9 @@ class StepBatcher:
         self._mutex = threading.Lock()
         self._last_call = 1  # worlds in the last call: as many are likely to ask again
 
-    def step(self, state: WorldState, action: int, sampling: SamplingConfig) -> Stepped:
+    def step(
+        self, state: WorldState, action: int | list[float], sampling: SamplingConfig
+    ) -> Stepped:
         """The next frame and state of one world (batch 1), stepped with whoever else asks."""
         request = _Request(state, action, sampling)
         with self._mutex:

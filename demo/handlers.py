@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from demo.batcher import StepBatcher
-from demo.controls import DIGITS, Controls, controls_for
+from demo.controls import DIGITS, Controls, Wheel, controls_for, wheel_for
 from demo.session import PlaySession, Start
 from demo.uploads import BuiltinStart, PlayError, builtin_starts, load_start
 from simulator.engine.prompt import LoadedPrompt, prompt_and_actions
@@ -40,6 +40,7 @@ class View:
 
     frame_html: str  # the newest frame as an <img> (PNG data URI, enlarged by CSS, pixelated)
     status: str
+    controls: list[float] | None = None  # a continuous world's control values (the sliders)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class PlayHandlers:
         self.engine = engine
         self.world = world
         self.controls: Controls = controls_for(engine.action_space)
+        # A world of continuous controls is driven: keys ramp the controls (demo/controls.py).
+        self.wheel: Wheel | None = wheel_for(engine.action_space) if self.continuous else None
         self.starts: list[BuiltinStart] = builtin_starts(world)
         self.shard_clips = list(shard_clips)  # "SHARD.tar#KEY" the server was started with
         self.downloads = Path(tempfile.mkdtemp(prefix="worldsim-play-"))
@@ -78,6 +81,10 @@ class PlayHandlers:
         self.batcher = StepBatcher(engine, self.engine_lock)
         self.players: dict[str, PlaySession] = {}  # player id -> the world it plays now
         self.keys: dict[str, str] = {}  # player id -> the keys its page last said are held
+
+    @property
+    def continuous(self) -> bool:
+        return self.engine.action_space.continuous
 
     @property
     def default_sampling(self) -> SamplingConfig:
@@ -133,7 +140,7 @@ class PlayHandlers:
         session, sampling = self._require(session), self.sampling(settings)
         self.keys[player] = held or ""
         while True:
-            action = self.controls.action_for(self.keys.get(player, ""))
+            action = self._next_action(session, self.keys.get(player, ""))
             if action is None:
                 return
             with session.lock:
@@ -143,16 +150,44 @@ class PlayHandlers:
                 view = self.view(session)
             yield session, view
 
+    def _next_action(self, session: PlaySession, held: str) -> int | list[float] | None:
+        """The action of the next frame under the keys held; None when the stream should end
+        (no key that means an action; a driven world also eases its controls back to rest
+        first)."""
+        if self.wheel is None:
+            return self.controls.action_for(held)
+        controls = self.wheel.ramp(session.controls, held)
+        if not held and controls == session.controls == self.wheel.rest:
+            return None
+        session.controls = controls
+        return controls
+
+    def set_controls(
+        self, values: Sequence[float], session: PlaySession | None
+    ) -> tuple[PlaySession, View]:
+        """A continuous world's controls set by the sliders (used by the next frames)."""
+        session = self._require(session)
+        try:
+            controls = [float(v) for v in values]
+            self.engine.action_space.tensor(controls, (1,), "cpu")
+        except (TypeError, ValueError) as err:
+            raise PlayError(f"those controls do not fit this world: {err}") from err
+        session.controls = controls
+        return session, self.view(session)
+
     def set_keys(self, held: str, player: str = "local") -> None:
         """The keys the player's page holds now (what a running `hold` steps with next)."""
         self.keys[player] = held or ""
 
     def step(
-        self, action: int, session: PlaySession | None, settings: Settings
+        self, action: int | list[float], session: PlaySession | None, settings: Settings
     ) -> tuple[PlaySession, View]:
+        """One frame under `action` (an id; for a continuous world, its controls)."""
         session = self._require(session)
-        if not 0 <= action < self.engine.action_space.n:
-            raise PlayError(f"action {action} is not one of this world's actions")
+        try:
+            self.engine.action_space.tensor(action, (1,), "cpu")
+        except ValueError as err:
+            raise PlayError(f"action {action} is not one of this world's actions ({err})") from err
         with session.lock:
             session.step(action, self.sampling(settings))
             return session, self.view(session)
@@ -181,15 +216,30 @@ class PlayHandlers:
     def view(self, session: PlaySession) -> View:
         parts, ms = [f"frame {session.frame_index}"], None
         if session.steps:
-            action = self.controls.controls[session.steps[-1].action].label
+            action = self._label(session.steps[-1].action)
             ms = session.last_step_s * 1000
             together = f" ({session.last_batch} players at once)" if session.last_batch > 1 else ""
             parts += [action, f"{ms:.0f} ms to generate{together}"]
         parts += [f"from {session.start.label}", f"seed {session.seed}"]
-        return View(frame_img(session.frame, session.frame_index, ms), " · ".join(parts))
+        controls = list(session.controls) if self.wheel is not None else None
+        frame = frame_img(session.frame, session.frame_index, ms)
+        return View(frame, " · ".join(parts), controls)
+
+    def _label(self, action: int | list[float]) -> str:
+        if isinstance(action, int):
+            return self.controls.controls[action].label
+        names = self.engine.action_space.names or [str(i) for i in range(len(action))]
+        return " ".join(f"{n} {v:+.2f}" for n, v in zip(names, action, strict=True))
 
     def header(self) -> str:
         """The line above the page: the world, its actions and the keys that give them."""
+        if self.wheel is not None:
+            return (
+                f"**worldsim play**: `{self.world.name}`, driven by "
+                f"{self.engine.action_space.describe()}. Hold ← → to steer, ↑ for gas, ↓ to "
+                "brake (or WASD): the controls move a step a frame and ease back when let go; "
+                "the sliders show and set them. P pauses."
+            )
         reached = min(len(self.controls.controls), len(DIGITS))  # digits reach the first ten
         keys = f"digits 1-{DIGITS[reached - 1]}" if reached > 1 else "digit 1"
         how = (
@@ -209,6 +259,10 @@ class PlayHandlers:
         """The keys, what each does, and (given a session and `previews_wanted`) a preview of
         each from the current frame. The table carries that frame's index (`data-frame`), so
         the page can mark the previews stale once the world moves on (demo/static/play.js)."""
+        if self.wheel is not None:  # keys ramp controls: no per-action previews
+            legend = self.wheel.legend()
+            cells = "".join(f"<tr><td>{k}</td><td>{what}</td></tr>" for k, what in legend)
+            return f'<table class="ws-legend"><tr><th>keys</th><th>control</th></tr>{cells}</table>'
         shown = self.preview_actions()
         previews: dict[int, np.ndarray] = {}
         if session is not None and previews_wanted:
@@ -232,7 +286,9 @@ class PlayHandlers:
     def preview_actions(self) -> list[int]:
         """The actions the legend previews and the buttons show, in id order (the order of the
         digit keys): every one a key reaches by direction (plus the idle action), else the ones
-        digits reach."""
+        digits reach. None for a continuous world, whose keys ramp its controls."""
+        if self.wheel is not None:
+            return []
         idle = self.controls.idle_action
         keyed = [c.action for c in self.controls.controls if "/" in c.keys or c.action == idle]
         if len(keyed) > (idle is not None):

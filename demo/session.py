@@ -37,7 +37,7 @@ class Start:
 
 @dataclass
 class Step:
-    action: int
+    action: int | list[float]  # an action id, or a continuous world's control values
     sampling: SamplingConfig
 
 
@@ -56,6 +56,7 @@ class PlaySession:
     # steps a world at a time.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     closed: bool = False  # its player left: history and frames are freed, nothing steps it
+    controls: list[float] = field(default_factory=list)  # a continuous world's current controls
 
     @classmethod
     def begin(
@@ -78,7 +79,7 @@ class PlaySession:
     def frame_index(self) -> int:
         return self.state.frame_index
 
-    def step(self, action: int, sampling: SamplingConfig) -> np.ndarray:
+    def step(self, action: int | list[float], sampling: SamplingConfig) -> np.ndarray:
         if self.batcher is None:
             began = time.perf_counter()
             frame, state = self.engine.step(self.state, [action], sampling=sampling)
@@ -143,3 +144,5 @@ class PlaySession:
         self.frames.clear()
         self.history.append(state)
         self.frames.append(to_uint8_clips(state.frame_BCHW[0]))
+        rest = self.engine.action_space.idle()  # a continuous world starts at rest
+        self.controls = list(rest) if isinstance(rest, list) else []

@@ -45,7 +45,7 @@ def builtin_starts(world: Path) -> list[BuiltinStart]:
     if (folder / "starts.json").is_file():
         for entry in json.loads((folder / "starts.json").read_text()):
             mode, level = entry.get("distribution_mode", ""), entry.get("level_seed", "")
-            labels[entry["file"]] = f"{mode} level {level}".strip()
+            labels[entry["file"]] = entry.get("label") or f"{mode} level {level}".strip()
     return [
         BuiltinStart(path, labels.get(path.name, path.stem))
         for path in sorted(folder.glob("*.png"))

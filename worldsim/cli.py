@@ -196,15 +196,26 @@ def _rollout(args: argparse.Namespace) -> int:
 def _play(args: argparse.Namespace) -> int:
     from demo.app import launch
     from demo.uploads import shard_clips
-    from worldsim.worlds import shipped_world
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to itself
-    world = Path(args.world) if args.world else shipped_world()
+    world = _world_folder(args.world)
     clips = shard_clips(args.shards, split=args.split) if args.shards else []
     print(f"worldsim play: loading {world}")
     launch(world, clips, host=args.host, port=args.port, device=args.device,
            open_browser=args.open, threads=args.threads)  # fmt: skip
     return 0
+
+
+def _world_folder(given: str | None) -> Path:
+    """A world folder, or the name of a world shipped in the package ("coinrun", "carracing");
+    None: the default shipped world."""
+    from worldsim.worlds import shipped_world
+
+    if given is None:
+        return shipped_world()
+    if Path(given).is_dir() or "/" in given:
+        return Path(given)
+    return shipped_world(given)
 
 
 def _pack(args: argparse.Namespace) -> int:
@@ -214,10 +225,20 @@ def _pack(args: argparse.Namespace) -> int:
     path, spec = pack_world(
         args.tokenizer, args.dynamics, args.out, lam_path=args.lam, steer=args.steer,
         action_names=names, steps=args.steps, temperature=args.temperature,
-        guidance=args.guidance,
+        guidance=args.guidance, action_ranges=_ranges(args.action_ranges),
     )  # fmt: skip
     print(f"world: {path}, steered by {spec.action_space.describe()}")
     return 0
+
+
+def _ranges(text: str | None) -> list[tuple[float, float]] | None:
+    """'-1:1,0:1' -> [(-1, 1), (0, 1)]."""
+    if not text:
+        return None
+    try:
+        return [(float(lo), float(hi)) for lo, hi in (r.split(":") for r in text.split(","))]
+    except ValueError as err:
+        raise ValueError(f"--action-ranges must be LOW:HIGH,... (-1:1,0:1), got {text!r}") from err
 
 
 def _add_pack(stages: Any) -> None:
@@ -226,7 +247,11 @@ def _add_pack(stages: Any) -> None:
     pack.add_argument("--dynamics", required=True, help="dynamics save_pretrained folder")
     pack.add_argument("--lam", default=None, help="latent action model folder (optional)")
     pack.add_argument("--out", required=True, help="world folder to write")
-    pack.add_argument("--steer", choices=["latent", "discrete"], default=None)
+    pack.add_argument("--steer", choices=["latent", "discrete", "continuous"], default=None)
+    pack.add_argument(
+        "--action-ranges", default=None,
+        help="continuous controls' ranges, LOW:HIGH each, comma-separated (e.g. -1:1,0:1,0:1)",
+    )  # fmt: skip
     pack.add_argument("--action-names", default=None, help='e.g. "LEFT,RIGHT,..." (discrete)')
     pack.add_argument("--steps", type=int, default=None, help="default MaskGIT steps (4)")
     pack.add_argument("--temperature", type=float, default=None, help="default temperature (1)")
@@ -253,7 +278,10 @@ def _add_rollout(stages: Any) -> None:
 
 def _add_play(stages: Any) -> None:
     play = stages.add_parser("play", help="steer a world in the browser (Gradio app)")
-    play.add_argument("--world", default=None, help="world folder (default: the shipped one)")
+    play.add_argument(
+        "--world", default=None,
+        help="world folder, or a shipped world's name: coinrun (default) or carracing",
+    )  # fmt: skip
     play.add_argument("--shards", nargs="*", default=None, help="shard folders to start from")
     play.add_argument("--split", default="test", help="split of --shards to offer")
     play.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines")

@@ -183,7 +183,7 @@ class WorldSimulator:
     def step_many(
         self,
         states: Sequence[WorldState],
-        actions: Sequence[int],
+        actions: Sequence[Any],  # one id (or one vector of controls) per state
         sampling: SamplingConfig | None = None,
     ) -> list[tuple[Tensor, WorldState]]:
         """`step` for many one-world states at once (the app's players): states of equal shapes
@@ -245,7 +245,7 @@ class WorldSimulator:
         generator = self._generators(state.rng_state)
         with self._inference():
             tokens_BThw, actions_BA, cache = self._make_room(state)
-            actions_BA = torch.cat([actions_BA, action_B[:, None]], dim=1)
+            actions_BA = torch.cat([actions_BA, action_B[:, None]], dim=1)  # (B, A[, n])
             frame = None
             if observed is None:
                 new_Bhw = self._sample(tokens_BThw, actions_BA, cache, generator, sampling)
@@ -310,10 +310,14 @@ class WorldSimulator:
         """Video (B, T_prompt + A, C, H, W) in [-1, 1]: the decoded prompt frames, then one frame
         per action; `actions` (B, A) ids, or a sequence of A ids for every world."""
         recon_BTCHW, state = self._start(prompt, prompt_actions, seed)
-        ids = self._id_tensor(actions)
-        if ids.ndim == 1:
-            ids = ids[None].expand(state.batch_size, -1)
-        ids = self._action_ids(ids, (state.batch_size, ids.shape[-1]))
+        ids = torch.as_tensor(actions)
+        per_action = 1 if self.action_space.continuous else 0  # a continuous action is a vector
+        if ids.ndim == 1 + per_action:
+            ids = ids[None].expand(state.batch_size, *ids.shape)
+        if ids.ndim != 2 + per_action:
+            shape = tuple(ids.shape)
+            raise ValueError(f"rollout actions must be (B, A) or (A,) a world, got {shape}")
+        ids = self._action_ids(ids, (state.batch_size, ids.shape[1]))
         frames = list(recon_BTCHW.unbind(dim=1))
         for action_B in ids.unbind(dim=1):
             frame_BCHW, state = self.step(state, action_B)
@@ -327,7 +331,7 @@ class WorldSimulator:
         b, t = frames_BTCHW.shape[:2]
         given = None
         if prompt_actions is not None:
-            given = self._action_ids(self._id_tensor(prompt_actions), (b, t - 1))
+            given = self._action_ids(prompt_actions, (b, t - 1))
         keep = self.max_prompt_frames
         if t > keep:
             warnings.warn(
@@ -362,7 +366,7 @@ class WorldSimulator:
         """The T - 1 actions between prompt frames given none: the LAM's latent actions."""
         b, t = frames_BTCHW.shape[:2]
         if t == 1:
-            return torch.zeros(b, 0, dtype=torch.long, device=self.device)
+            return self._action_ids([], (b, 0))
         if self.action_space.type == "latent" and self.lam is not None:
             with self._inference():
                 return self.lam.encode(frames_BTCHW)
@@ -413,33 +417,10 @@ class WorldSimulator:
         if state.engine_id != self._id:
             raise ValueError("this state was made by another WorldSimulator; reset this one")
 
-    @staticmethod
-    def _id_tensor(actions: Any) -> Tensor:
-        try:
-            ids = actions if isinstance(actions, Tensor) else torch.as_tensor(actions)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(f"actions must be integer ids, got {actions!r}") from err
-        if ids.numel() == 0:  # an empty list comes out as float
-            ids = ids.long()
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"actions must be integer ids, got {ids.dtype}")
-        return ids
-
     def _action_ids(self, actions: Any, shape: Sequence[int]) -> Tensor:
-        """int64 ids of `shape` on the device, checked against the action space; a single id
-        stands for every world."""
-        ids = self._id_tensor(actions)
-        if ids.ndim == 0:
-            ids = ids.expand(*shape)
-        if tuple(ids.shape) != tuple(shape):
-            raise ValueError(f"expected action ids of shape {tuple(shape)}, got {tuple(ids.shape)}")
-        n = self.action_space.n
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
-            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-            raise ValueError(
-                f"action {bad} is outside the action space: {self.action_space.describe()}"
-            )
-        return ids.to(self.device, torch.long)
+        """The actions as the dynamics takes them, checked against the action space
+        (simulator/world/action_space.py): ids of `shape`, or controls of (*shape, n)."""
+        return self.action_space.tensor(actions, tuple(shape), self.device)
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:

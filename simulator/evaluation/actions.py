@@ -13,7 +13,8 @@ from simulator.models.dynamics import DynamicsModel
 
 # Curves of a world's evaluation: the ceiling, the do-nothing baseline, and the action streams.
 TOKENIZER, COPY = "tokenizer", "copy_first_frame"
-TRUE, RANDOM_TRUE = "true_actions", "random_true_actions"  # the clip's, and uniform true ids
+# The clip's true actions, and random ones: uniform ids, or the next clip's continuous controls.
+TRUE, RANDOM_TRUE = "true_actions", "random_true_actions"
 LAM, RANDOM_LATENT = "lam_actions", "random_latent_actions"  # LAM-read, and uniform latent ids
 
 

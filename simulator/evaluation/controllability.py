@@ -4,7 +4,9 @@ next to its agreement on real frames (the ceiling) and on mismatched frames (the
 controllability score: what "the character goes right when I press right" means, per action.
 
 Actions are scored as the game's effect classes (the IDM's `action_groups`), so ids the game
-treats as one are never counted as confusions.
+treats as one are never counted as confusions. Continuous controls (a regression IDM) are scored
+by R² per control: how much of each control's variance the IDM recovers from the frames
+(`RegressionMeter`); `meter_for` picks the meter an IDM needs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor
 
 from data_pipeline.loader import Batch
-from simulator.evaluation.idm import InverseDynamicsModel
+from simulator.evaluation.idm import InverseDynamicsModel, r_squared
 
 GENERATED, REAL, FLOOR = "generated", "real", "floor"
 # The tokenizer's rendering of the real clip's own tokens: what a perfect dynamics model would
@@ -84,6 +86,82 @@ class ControllabilityMeter:
 
 
 @dataclass
+class Regression:
+    """How much of each control the IDM recovered: R² and mean absolute error per control."""
+
+    r2: dict[str, float]
+    mean_r2: float
+    mae: dict[str, float]
+    transitions: int
+
+
+class RegressionMeter:
+    """`ControllabilityMeter` for continuous controls: keeps the IDM's predictions and the
+    commanded controls per kind (generated, reconstructed, real, floor)."""
+
+    def __init__(self, idm: InverseDynamicsModel) -> None:
+        self.idm = idm
+        d = idm.cfg.continuous_dim
+        self.names = list(idm.cfg.control_names or [str(i) for i in range(d)])
+        kinds = (GENERATED, RECONSTRUCTED, REAL, FLOOR)
+        self.pairs: dict[str, list[tuple[Tensor, Tensor]]] = {k: [] for k in kinds}
+
+    @torch.no_grad()
+    def add(self, kind: str, frames_BTCHW: Tensor, actions_BAD: Tensor) -> None:
+        target = actions_BAD.to(frames_BTCHW.device).float()
+        for t in range(actions_BAD.shape[1]):
+            prev, nxt = frames_BTCHW[:, t], frames_BTCHW[:, t + 1]
+            self.pairs[kind].append((self.idm.predict(prev, nxt).cpu(), target[:, t].cpu()))
+            if kind == REAL and frames_BTCHW.shape[0] > 1:
+                other = nxt.roll(1, dims=0)
+                self.pairs[FLOOR].append((self.idm.predict(prev, other).cpu(), target[:, t].cpu()))
+
+    def agreement(self, kind: str) -> Regression | None:
+        if not self.pairs[kind]:
+            return None
+        predicted = torch.cat([p for p, _ in self.pairs[kind]])
+        target = torch.cat([t for _, t in self.pairs[kind]])
+        r2 = r_squared(predicted, target).tolist()
+        mae = (predicted - target).abs().mean(0).tolist()
+        return Regression(
+            r2=dict(zip(self.names, r2, strict=True)),
+            mean_r2=sum(r2) / len(r2),
+            mae=dict(zip(self.names, mae, strict=True)),
+            transitions=len(target),
+        )
+
+
+def meter_for(idm: InverseDynamicsModel) -> ControllabilityMeter | RegressionMeter:
+    return RegressionMeter(idm) if idm.cfg.continuous_dim else ControllabilityMeter(idm)
+
+
+@dataclass
+class RegressionReport:
+    """`IDMReport` for continuous controls."""
+
+    real: Regression
+    floor: Regression
+    controls: list[str]
+    reconstructed: Regression | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def render(self) -> str:
+        def line(r: Regression) -> str:
+            return ", ".join(f"{k} R² {r.r2[k]:.2f} (error {r.mae[k]:.2f})" for k in self.controls)
+
+        lines = [
+            f"IDM on {self.real.transitions} held-out real transitions: {line(self.real)}",
+            f"  random pairs: {line(self.floor)}",
+        ]
+        if self.reconstructed is not None:
+            renders = line(self.reconstructed)
+            lines.append(f"  on the tokenizer's renders of the real tokens: {renders}")
+        return "\n".join(lines)
+
+
+@dataclass
 class IDMReport:
     real: Agreement  # consecutive real frames: the ceiling of controllability
     floor: Agreement  # frame t with frame t+1 of another clip: what no information scores
@@ -120,12 +198,12 @@ def idm_accuracy(
     loader: Iterable[Batch],
     max_batches: int | None = None,
     reconstruct: Callable[[Tensor], Tensor] | None = None,
-) -> IDMReport:
+) -> IDMReport | RegressionReport:
     """The IDM's agreement with the true actions of real clips, on mismatched pairs and, given
     a tokenizer's `reconstruct` (frames -> frames rendered from frame 0 and their own tokens),
     on those renders."""
     idm.eval()
-    meter = ControllabilityMeter(idm)
+    meter = meter_for(idm)
     device = next(idm.parameters()).device
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
@@ -137,4 +215,11 @@ def idm_accuracy(
     real, floor = meter.agreement(REAL), meter.agreement(FLOOR)
     if real is None or floor is None:
         raise ValueError("the IDM evaluation needs batches of at least 2 clips with actions")
-    return IDMReport(real, floor, meter.names, meter.agreement(RECONSTRUCTED))
+    if isinstance(real, Regression) and isinstance(floor, Regression):
+        recon = meter.agreement(RECONSTRUCTED)
+        return RegressionReport(
+            real, floor, meter.names, recon if isinstance(recon, Regression) else None
+        )
+    assert isinstance(real, Agreement) and isinstance(floor, Agreement)
+    recon = meter.agreement(RECONSTRUCTED)
+    return IDMReport(real, floor, meter.names, recon if isinstance(recon, Agreement) else None)

@@ -1,6 +1,8 @@
 """The inverse-dynamics model (IDM) that scores controllability: given two consecutive frames, it
 predicts the true action taken between them, as one of the game's effect classes (action ids the
-game treats as one share a class; data_pipeline.action_effects measures them).
+game treats as one share a class; data_pipeline.action_effects measures them), or, for a world of
+continuous controls (`continuous_dim` > 0, CarRacing's steer, gas, brake), their values (a
+regression, scored by R² per control).
 
 Trained on real clips with true actions (`worldsim train idm`), its accuracy on held-out real
 clips is the ceiling of the controllability score, which applies it to a world's generated
@@ -38,10 +40,16 @@ class IDMConfig:
     width: int = 16  # channels after the first conv, doubled at every stride-2 stage
     stages: int = 4  # stride-2 stages: 64x64 -> 4x4
     hidden: int = 256  # MLP width after the spatial features are flattened
+    continuous_dim: int = 0  # > 0: regress that many controls (MSE) instead of classifying
+    control_names: list[str] = field(default_factory=list)  # one per control, for reports
 
     @property
     def num_classes(self) -> int:
         return len(self.action_groups) or self.num_actions
+
+    @property
+    def outputs(self) -> int:
+        return self.continuous_dim or self.num_classes
 
     def validate(self) -> None:
         problems = []
@@ -56,6 +64,8 @@ class IDMConfig:
                 )
             if self.group_names and len(self.group_names) != len(self.action_groups):
                 problems.append("group_names needs one name per action group")
+        if self.control_names and len(self.control_names) != self.continuous_dim:
+            problems.append("control_names needs one name per continuous control")
         if min(self.width, self.stages, self.hidden, self.num_actions) < 1:
             problems.append("width, stages, hidden and num_actions must be >= 1")
         if problems:
@@ -69,6 +79,7 @@ class IDMConfig:
 PRESETS = {
     "tiny": lambda: IDMConfig(image_size=16, num_actions=3, width=8, stages=2, hidden=16),
     "coinrun": lambda: IDMConfig(),
+    "carracing": lambda: IDMConfig(continuous_dim=3, control_names=["steer", "gas", "brake"]),
 }
 
 
@@ -78,9 +89,9 @@ def idm_preset(name: str, **overrides: Any) -> IDMConfig:
 
 @dataclass
 class IDMOutput:
-    loss: Tensor  # scalar cross-entropy over the effect classes
-    metrics: dict[str, Tensor]  # detached scalars: accuracy
-    logits: Tensor  # (N, num_classes) of the N transitions, detached
+    loss: Tensor  # scalar cross-entropy over the effect classes (or MSE of the controls)
+    metrics: dict[str, Tensor]  # detached scalars: accuracy (or R² of each control)
+    logits: Tensor  # (N, num_classes) of the N transitions (or (N, D) controls), detached
 
 
 class InverseDynamicsModel(PretrainedModel):
@@ -105,7 +116,7 @@ class InverseDynamicsModel(PretrainedModel):
         self.head = nn.Sequential(
             nn.Linear(c * side * side, cfg.hidden),
             nn.GELU(),
-            nn.Linear(cfg.hidden, cfg.num_classes),
+            nn.Linear(cfg.hidden, cfg.outputs),
         )
         classes = group_of(cfg.action_groups, cfg.num_actions)
         self.class_of: Tensor
@@ -116,7 +127,8 @@ class InverseDynamicsModel(PretrainedModel):
         return self.class_of.to(actions.device)[actions]
 
     def predict(self, prev_BCHW: Tensor, next_BCHW: Tensor) -> Tensor:
-        """Logits (B, num_classes) of the action between two frames in [-1, 1]."""
+        """Logits (B, num_classes) of the action between two frames in [-1, 1], or the
+        controls (B, D) of a continuous IDM."""
         x = torch.cat([prev_BCHW, next_BCHW, next_BCHW - prev_BCHW], dim=1)
         return self.head(self.features(x).flatten(1))
 
@@ -124,8 +136,22 @@ class InverseDynamicsModel(PretrainedModel):
         """Loss over every transition t -> t+1 of the clips; actions[t] leads to frame t+1."""
         prev = rearrange(frames_BTCHW[:, :-1], "b t c h w -> (b t) c h w")
         nxt = rearrange(frames_BTCHW[:, 1:], "b t c h w -> (b t) c h w")
-        target = self.classes(actions_BT[:, :-1].reshape(-1))
         logits = self.predict(prev, nxt)
+        if self.cfg.continuous_dim:
+            target_ND = actions_BT[:, :-1].reshape(-1, self.cfg.continuous_dim).float()
+            loss = F.mse_loss(logits, target_ND)
+            names = self.cfg.control_names or [str(i) for i in range(self.cfg.continuous_dim)]
+            r2 = r_squared(logits.detach(), target_ND)
+            return IDMOutput(loss, {f"r2_{n}": v for n, v in zip(names, r2, strict=True)}, logits)
+        target = self.classes(actions_BT[:, :-1].reshape(-1))
         loss = F.cross_entropy(logits, target)
         accuracy = (logits.argmax(-1) == target).float().mean()
         return IDMOutput(loss, {"accuracy": accuracy.detach()}, logits.detach())
+
+
+def r_squared(predicted_ND: Tensor, target_ND: Tensor) -> Tensor:
+    """R² of each of D controls: 1 - residual / total variance (1 perfect, 0 the mean's guess,
+    negative worse than it)."""
+    residual = (predicted_ND - target_ND).pow(2).sum(0)
+    total = (target_ND - target_ND.mean(0)).pow(2).sum(0).clamp_min(1e-12)
+    return 1 - residual / total

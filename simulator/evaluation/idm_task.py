@@ -53,10 +53,12 @@ class IDMTask(FrameShardBatches):
         return InverseDynamicsModel(self.model_cfg)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> IDMOutput:
-        if not bool(batch.action_mask.all()) or batch.actions.is_floating_point():
+        continuous = self.model_cfg.continuous_dim > 0
+        if not bool(batch.action_mask.all()) or batch.actions.is_floating_point() != continuous:
+            kind = "continuous" if continuous else "discrete"
             raise ValueError(
-                f"the IDM trains on clips with discrete true actions; batch {batch.keys[:3]}... "
-                "has clips without them"
+                f"this IDM trains on clips with {kind} true actions; batch {batch.keys[:3]}... "
+                "has clips without them or with the other kind"
             )
         out: IDMOutput = model(batch.frames, batch.actions)
         return out

@@ -46,7 +46,7 @@ from simulator.evaluation.controllability import (
     GENERATED,
     REAL,
     RECONSTRUCTED,
-    ControllabilityMeter,
+    meter_for,
 )
 from simulator.evaluation.fvd import frechet_distance, gaussian_stats, i3d_features
 from simulator.evaluation.idm import InverseDynamicsModel
@@ -66,7 +66,9 @@ from simulator.world.spec import WorldActionSpace, WorldSpec, discrete_space
 from tokenizer.registry import AnyTokenizer
 from worldsim.io.media import to_uint8_clips
 
-STREAMS = {LAM: "latent", RANDOM_LATENT: "latent", TRUE: "discrete", RANDOM_TRUE: "discrete"}
+# Stream -> the engine that plays it: "latent", or "true" (the game's discrete ids or its
+# continuous controls, whichever the dynamics takes).
+STREAMS = {LAM: "latent", RANDOM_LATENT: "latent", TRUE: "true", RANDOM_TRUE: "true"}
 DELTA_T = {"latent": (LAM, RANDOM_LATENT), "true": (TRUE, RANDOM_TRUE)}  # steered vs random
 
 
@@ -100,18 +102,22 @@ def world_engines(
     cfg: WorldEvalConfig,
 ) -> dict[str, WorldSimulator]:
     """One engine per action source it can steer alone: "latent" (with a LAM to read the
-    clip's latent actions) and "discrete"."""
+    clip's latent actions) and "true" (discrete ids or continuous controls)."""
     cond = Conditioning.of(dynamics)
     if len(cond.names) > 1 and not cond.separable:
         raise ValueError(
             f"the dynamics needs {cond.names} actions together; the engine steers one source, "
             "so it evaluates models on one source or trained with source_dropout"
         )
-    sizes = {"latent": cond.latent if lam is not None else None, "discrete": cond.discrete}
+    true = cond.discrete if cond.discrete is not None else cond.continuous
+    sizes = {"latent": cond.latent if lam is not None else None, "true": true}
     engine_cfg = EngineConfig(sampling=cfg.sampling, kv_cache=cfg.kv_cache, device=cfg.device)
+    n = cond.continuous or 0  # recorded controls are fed as they are: no range to enforce
     spaces = {  # the discrete space carries the game-id mapping of an effect-class model
         "latent": WorldActionSpace("latent", sizes["latent"] or 0),
-        "discrete": discrete_space(dynamics),
+        "true": discrete_space(dynamics)
+        if cond.discrete is not None
+        else WorldActionSpace("continuous", n, low=[-np.inf] * n, high=[np.inf] * n),
     }
     engines = {
         kind: WorldSimulator(
@@ -155,7 +161,7 @@ class _Meters:
         self.sq_err = dict.fromkeys(POOLED, 0.0)  # next-frame squared errors, summed per frame
         self.frames = 0  # next frames scored
         self.tokens = dict.fromkeys(("positions", "changed", "hit_changed", "hit_still"), 0)
-        self.control = ControllabilityMeter(idm) if idm is not None else None
+        self.control = meter_for(idm) if idm is not None else None
         self.shuffle = ShuffleMeter()  # the dynamics' loss with its own and shuffled actions
         self.i3d = i3d
         self.samples: dict[str, np.ndarray] = {}
@@ -219,15 +225,21 @@ def _streams(
     if "latent" in engines and lam is not None:
         out[LAM] = lam.encode(batch.frames[:, : h + 1].to(cfg.device))
         out[RANDOM_LATENT] = torch.randint(engines["latent"].action_space.n, (b, h), generator=draw)
-    if "discrete" in engines:
-        if not bool(batch.action_mask.all()) or batch.actions.is_floating_point():
+    if "true" in engines:
+        space = engines["true"].action_space
+        kind_differs = batch.actions.is_floating_point() != space.continuous
+        if not bool(batch.action_mask.all()) or kind_differs:
             missing = int((~batch.action_mask).sum())
             raise ValueError(
-                f"the dynamics conditions on true actions but {missing} clips in batch "
-                f"{batch.keys[:3]}... have none"
+                f"the dynamics conditions on true {space.type} actions but batch "
+                f"{batch.keys[:3]}... holds {missing} clips without actions, or "
+                f"{'discrete' if space.continuous else 'continuous'} ones"
             )
         out[TRUE] = batch.actions[:, :h]
-        out[RANDOM_TRUE] = torch.randint(engines["discrete"].action_space.n, (b, h), generator=draw)
+        if space.continuous:  # the next clip's controls: real, but not this clip's
+            out[RANDOM_TRUE] = out[TRUE].roll(1, dims=0)
+        else:
+            out[RANDOM_TRUE] = torch.randint(space.n, (b, h), generator=draw)
     return out
 
 
@@ -261,7 +273,8 @@ def _score_batch(
             meters.delta[kind].add(torch.full((frames.shape[0], 1), delta))
     primary = TRUE if TRUE in streams else LAM
     _teacher_forced(engines[STREAMS[primary]], frames, tokens, steering[primary], seed, meters)
-    own = ActionInputs(**{STREAMS[primary]: steering[primary].to(any_engine.device)})
+    source = engines[STREAMS[primary]].action_space.type  # the dynamics' input it steers
+    own = ActionInputs(**{source: steering[primary].to(any_engine.device)})
     meters.shuffle.add(any_engine.dynamics, tokens, own, seed)
     if meters.control is not None and TRUE in videos:
         meters.control.add(GENERATED, videos[TRUE], streams[TRUE])
@@ -280,7 +293,7 @@ def _world_actions(
     """The streams as the engines take them: a clip's true game ids become the world's actions
     (its effect classes, for a world steered by them); the IDM keeps reading the game ids."""
     out = dict(streams)
-    if TRUE in out:
+    if TRUE in out and not engines[STREAMS[TRUE]].action_space.continuous:
         out[TRUE] = engines[STREAMS[TRUE]].action_space.from_game(out[TRUE])
     return out
 

@@ -92,11 +92,12 @@ def pack_world(
     steps: int | None = None,
     temperature: float | None = None,
     guidance: float | None = None,
+    action_ranges: list[tuple[float, float]] | None = None,
 ) -> tuple[Path, WorldSpec]:
     """`worldsim pack`: bundle trained parts into a world folder that the engine, `worldsim
     rollout` and the app load. `steer` picks the action source players use (default: what
     `WorldSpec.default_for` picks); `steps`, `temperature` and `guidance` the default
-    sampling (None: SamplingConfig's)."""
+    sampling (None: SamplingConfig's); `action_ranges` each continuous control's (low, high)."""
     tokenizer = load_tokenizer(tokenizer_path)
     dynamics = DynamicsModel.from_pretrained(dynamics_path)
     lam = None if lam_path is None else LatentActionModel.from_pretrained(lam_path)
@@ -105,8 +106,17 @@ def pack_world(
         spec.action_space = WorldActionSpace("latent", dynamics.cfg.num_latent_actions)
     elif steer == "discrete":
         spec.action_space = discrete_space(dynamics)
+    elif steer == "continuous":
+        n = dynamics.cfg.continuous_dim
+        spec.action_space = WorldActionSpace("continuous", n, low=[-1.0] * n, high=[1.0] * n)
     if action_names:
         spec.action_space.names = list(action_names)
+    if action_ranges:
+        spec.action_space.low = [float(lo) for lo, _ in action_ranges]
+        spec.action_space.high = [float(hi) for _, hi in action_ranges]
+    problems = spec.action_space.problems()
+    if problems:
+        raise ValueError("bad action space: " + "; ".join(problems))
     spec.sampling = spec.sampling.override(steps=steps, temperature=temperature, guidance=guidance)
     dynamics.cfg.check_guidance(spec.sampling.guidance)  # before writing a world that cannot play
     return save_world(out, tokenizer, dynamics, lam, spec), spec

@@ -11,10 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from data_pipeline.action_effects import group_of
 from simulator.engine.sampling_config import SamplingConfig
+from simulator.world.action_space import WorldActionSpace
 from worldsim.config import from_dict
 
 if TYPE_CHECKING:
@@ -23,43 +22,6 @@ if TYPE_CHECKING:
 
 WORLD_FILE = "world.json"
 FORMAT_VERSION = 1
-ACTION_SPACE_TYPES = ("latent", "discrete")
-
-
-@dataclass
-class WorldActionSpace:
-    type: str  # "latent" (LAM codes) or "discrete" (the game's true action ids)
-    n: int  # number of actions; ids are 0..n-1
-    names: list[str] = field(default_factory=list)  # optional label per action id
-    # For a world steered by a game's effect classes: game action id -> this world's action
-    # (e.g. CoinRun's 15 ids -> 6 effects). Empty: the world's ids are the game's.
-    game_actions: list[int] = field(default_factory=list)
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.type not in ACTION_SPACE_TYPES:
-            out.append(
-                f"action space type must be one of {list(ACTION_SPACE_TYPES)}, got {self.type!r}"
-            )
-        if self.n < 1:
-            out.append(f"action space n must be >= 1, got {self.n}")
-        if self.names and len(self.names) != self.n:
-            out.append(f"action space has {self.n} actions but {len(self.names)} names")
-        if any(not 0 <= a < self.n for a in self.game_actions):
-            out.append(f"game_actions must map into 0..{self.n - 1}, got {self.game_actions}")
-        return out
-
-    def from_game(self, ids: Any) -> Any:
-        """A game's action ids (array or tensor, any shape) -> this world's actions."""
-        if not self.game_actions:
-            return ids
-        if hasattr(ids, "new_tensor"):  # a torch tensor, without importing torch here
-            return ids.new_tensor(self.game_actions)[ids]
-        return np.asarray(self.game_actions)[np.asarray(ids)]
-
-    def describe(self) -> str:
-        kind = "latent actions" if self.type == "latent" else "discrete actions"
-        return f"{self.n} {kind} (ids 0..{self.n - 1})"
 
 
 @dataclass
@@ -72,10 +34,14 @@ class WorldSpec:
 
     @classmethod
     def default_for(cls, dynamics: DynamicsModel) -> WorldSpec:
-        """Steer what the dynamics is conditioned on: its latent actions, else true discrete."""
+        """Steer what the dynamics is conditioned on: its true discrete or continuous actions
+        when that is its only source, else its latent actions."""
         cfg = dynamics.cfg
         if cfg.action_sources == ["discrete"]:
             return cls(discrete_space(dynamics))
+        if cfg.action_sources == ["continuous"]:  # ranges unknown to the model: -1..1 each
+            n = cfg.continuous_dim
+            return cls(WorldActionSpace("continuous", n, low=[-1.0] * n, high=[1.0] * n))
         return cls(WorldActionSpace("latent", cfg.num_latent_actions))
 
     @classmethod
@@ -114,7 +80,11 @@ class WorldSpec:
                 f"{cfg.action_sources} (source_dropout={cfg.source_dropout}); the engine steers "
                 "exactly one source"
             )
-        expected = cfg.num_latent_actions if space.type == "latent" else cfg.num_discrete_actions
+        expected = {
+            "latent": cfg.num_latent_actions,
+            "discrete": cfg.num_discrete_actions,
+            "continuous": cfg.continuous_dim,
+        }.get(space.type, space.n)
         if space.n != expected:
             problems.append(
                 f"world.json has {space.n} {space.type} actions, the dynamics {expected}"
@@ -148,26 +118,44 @@ def read_world_spec(path: str | os.PathLike[str]) -> WorldSpec:
     return WorldSpec.from_json(spec_file.read_text(), where=str(spec_file))
 
 
-def parse_actions(text: str, space: WorldActionSpace) -> list[int]:
+def parse_actions(text: str, space: WorldActionSpace) -> list[Any]:
     """'0,0,3,3' -> ids; entries may also be action names (case-insensitive) when the space has
-    names, and `ENTRY*N` repeats an entry N times ('RIGHT*8,UP'). ValueError names the first
-    entry that is none of these."""
-    names = {name.lower(): i for i, name in enumerate(space.names)}
-    ids = []
+    names, and `ENTRY*N` repeats an entry N times ('RIGHT*8,UP'). For a continuous space each
+    entry is its controls' values joined by ':' ('-0.5:1:0*8,0:0:1*4': steer left with full gas
+    for 8 frames, then brake for 4). ValueError names the first entry that is none of these."""
+    actions: list[Any] = []
     for entry in (e.strip() for e in text.split(",")):
         entry, star, count = entry.rpartition("*") if "*" in entry else (entry, "", "1")
         if star and not (count.strip().isdigit() and int(count) >= 1):
             raise ValueError(f"in {entry}*{count}, the repeat count must be an integer >= 1")
-        entry = entry.strip()
-        if entry.lstrip("-").isdigit():
-            action = int(entry)
-        elif entry.lower() in names:
-            action = names[entry.lower()]
-        else:
-            known = f"; names: {', '.join(space.names)}" if space.names else ""
-            raise ValueError(f"action {entry!r} is not an id of {space.describe()}{known}")
-        ids += [action] * int(count)
-    bad = [a for a in ids if not 0 <= a < space.n]
+        action = _controls(entry.strip(), space) if space.continuous else _id(entry.strip(), space)
+        actions += [action] * int(count)
+    if space.continuous:
+        space.tensor(actions, (len(actions),), "cpu")  # every value within its control's range
+        return actions
+    bad = [a for a in actions if not 0 <= a < space.n]
     if bad:
         raise ValueError(f"action {bad[0]} is outside the action space: {space.describe()}")
-    return ids
+    return actions
+
+
+def _id(entry: str, space: WorldActionSpace) -> int:
+    names = {name.lower(): i for i, name in enumerate(space.names)}
+    if entry.lstrip("-").isdigit():
+        return int(entry)
+    if entry.lower() in names:
+        return names[entry.lower()]
+    known = f"; names: {', '.join(space.names)}" if space.names else ""
+    raise ValueError(f"action {entry!r} is not an id of {space.describe()}{known}")
+
+
+def _controls(entry: str, space: WorldActionSpace) -> list[float]:
+    try:
+        values = [float(v) for v in entry.split(":")]
+    except ValueError:
+        values = []
+    if len(values) != space.n:
+        raise ValueError(
+            f"action {entry!r} is not {space.n} control values joined by ':' for {space.describe()}"
+        )
+    return values

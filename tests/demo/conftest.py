@@ -46,3 +46,27 @@ def handlers(tiny_world: Path) -> PlayHandlers:
     play = PlayHandlers(WorldSimulator.from_pretrained(tiny_world), tiny_world)
     yield play
     play.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_car(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained world steered by continuous [steer, gas, brake], as CarRacing's."""
+    torch.manual_seed(0)
+    cfg = dynamics_preset("tiny", action_sources=["continuous"], continuous_dim=3)
+    space = WorldActionSpace(
+        "continuous", 3, ["steer", "gas", "brake"], low=[-1, 0, 0], high=[1, 1, 1]
+    )
+    path = tmp_path_factory.mktemp("play") / "car"
+    save_world(path, VideoTokenizer(tokenizer_preset("tiny")), DynamicsModel(cfg),
+               spec=WorldSpec(space, SamplingConfig(steps=2)))  # fmt: skip
+    (path / "starts").mkdir()
+    frame = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(frame).save(path / "starts" / "track0.png")
+    return path
+
+
+@pytest.fixture
+def car(tiny_car: Path) -> PlayHandlers:
+    play = PlayHandlers(WorldSimulator.from_pretrained(tiny_car), tiny_car)
+    yield play
+    play.close()

@@ -49,3 +49,25 @@ def test_digits_pick_latent_actions_and_directions_do_nothing() -> None:
     assert controls.action_for("3,5") == 4  # the newest digit wins
     assert controls.action_for("left") is None
     assert [c.label for c in controls.controls[:2]] == ["latent 0", "latent 1"]
+
+
+def test_driving_keys_ramp_the_controls_and_let_them_ease_back() -> None:
+    from demo.controls import wheel_for
+
+    car = WorldActionSpace(
+        "continuous", 3, ["steer", "gas", "brake"], low=[-1, 0, 0], high=[1, 1, 1]
+    )
+    wheel = wheel_for(car)
+    controls = wheel.rest
+    assert controls == [0.0, 0.0, 0.0]
+    path = []
+    for _ in range(5):
+        controls = wheel.ramp(controls, "left,up")
+        path.append(controls)
+    assert [c[0] for c in path] == [-0.5, -1.0, -1.0, -1.0, -1.0]  # 4 frames end to end
+    assert [c[1] for c in path] == [0.25, 0.5, 0.75, 1.0, 1.0]  # the gas pedal goes down
+    released = wheel.ramp(controls, "")
+    assert released[0] == -0.5 and released[1] == 0.75  # back toward rest, a step a frame
+    assert wheel.ramp([0.3, 0.0, 0.0], "left,right")[0] == 0.0  # opposite keys cancel
+    assert wheel.ramp([0.0, 0.0, 0.0], "down")[2] == 0.25  # the brake
+    assert ("← / A", "steer toward -1") in wheel.legend()

@@ -242,3 +242,24 @@ def test_key_guidance_is_a_setting_only_for_a_world_trained_for_it(handlers: Pla
     with pytest.raises(PlayError, match="not trained for key guidance"):
         handlers.step(1, session, dataclasses.replace(SETTINGS, guidance=2.0))
     assert session.steps == []
+
+
+def test_a_driven_world_ramps_its_controls_and_eases_back_after_the_keys(car) -> None:
+    session, view = car.start_builtin(0, SETTINGS, player="d")
+    assert view.controls == [0.0, 0.0, 0.0] and "steer" in car.header()
+    assert car.preview_actions() == [] and "steer toward -1" in car.legend(session, SETTINGS)
+    stream = car.hold("right,up", session, SETTINGS, "d")
+    shown = [next(stream)[1] for _ in range(4)]
+    assert [v.controls[0] for v in shown] == [0.5, 1.0, 1.0, 1.0]
+    assert "steer +1.00 gas +1.00 brake +0.00" in shown[-1].status
+    car.set_keys("", "d")  # let go: the car keeps going while the controls ease back
+    eased = [v.controls for _, v in stream]
+    assert eased[-1] == [0.0, 0.0, 0.0] and len(eased) == 4
+    assert [s.action for s in session.steps][-1] == [0.0, 0.0, 0.0]
+    _, view = car.set_controls([-0.5, 0.2, 0.0], session)  # the sliders
+    assert view.controls == [-0.5, 0.2, 0.0]
+    _, view = car.step(list(session.controls), session, SETTINGS)
+    assert "steer -0.50 gas +0.20" in view.status
+    with pytest.raises(PlayError, match="do not fit this world"):
+        car.set_controls([0.0, 2.0, 0.0], session)
+    assert np.array_equal(session.replay(), session.video())

@@ -81,3 +81,26 @@ def test_train_save_resume_and_predict(tmp_path: Path) -> None:
     loader = ShardLoader(LoaderConfig().for_eval(str(tmp_path), "test", batch_size=8))
     perfect = idm_accuracy(model, loader, reconstruct=lambda frames: frames)
     assert perfect.reconstructed == perfect.real
+
+
+def test_a_continuous_idm_regresses_controls_scored_by_r2() -> None:
+    from simulator.evaluation.controllability import REAL, RegressionMeter
+    from simulator.evaluation.idm import r_squared
+
+    cfg = idm_preset("tiny", continuous_dim=2, control_names=["steer", "gas"])
+    idm = InverseDynamicsModel(cfg)
+    frames = torch.rand(2, 4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    actions = torch.rand(2, 4, 2, generator=torch.Generator().manual_seed(1))
+    out = idm(frames, actions)
+    assert out.logits.shape == (6, 2) and set(out.metrics) == {"r2_steer", "r2_gas"}
+    out.loss.backward()  # a regression loss that trains
+    target = torch.tensor([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0]])
+    assert torch.allclose(r_squared(target, target), torch.ones(2))
+    assert torch.allclose(r_squared(target.mean(0).expand(3, -1), target), torch.zeros(2))
+    meter = RegressionMeter(idm)
+    meter.add(REAL, frames, actions[:, :-1])
+    real = meter.agreement(REAL)
+    assert real is not None and real.transitions == 6 and set(real.r2) == {"steer", "gas"}
+    assert meter.agreement("floor") is not None  # mismatched pairs, scored alike
+    with pytest.raises(ValueError, match="control_names needs one name per continuous control"):
+        idm_preset("tiny", continuous_dim=2, control_names=["steer"]).validate()

@@ -87,7 +87,7 @@ class FakeDynamics(nn.Module):
         self.cfg = DynamicsConfig(
             num_codes=K, grid=GRID, max_frames=max_frames, width=8, num_heads=1,
             action_sources=[source], num_latent_actions=NUM_ACTIONS,
-            num_discrete_actions=NUM_ACTIONS,
+            num_discrete_actions=NUM_ACTIONS, continuous_dim=1,
         )  # fmt: skip
         self.source, self.noisy = source, noisy
         self.grid, self.num_codes = GRID, K
@@ -96,6 +96,8 @@ class FakeDynamics(nn.Module):
         self, tokens_BThw: Tensor, mask: Tensor, actions: ActionInputs, drop_last_action=False
     ) -> Tensor:
         a_BA = getattr(actions, self.source)
+        if self.source == "continuous":  # one control: its rounded value is the level step
+            a_BA = a_BA[..., 0].round().long()
         target = (tokens_BThw[:, :-1] + a_BA[:, : tokens_BThw.shape[1] - 1, None, None]) % K
         logits = 50.0 * F.one_hot(target, K).float() * (not self.noisy)
         logits = torch.cat([torch.zeros_like(logits[:, :1]), logits], dim=1)
@@ -114,7 +116,9 @@ class FakeDynamics(nn.Module):
 class FakeIDM(nn.Module):
     """Reads the action from the level change of quadrant 0: exact on the fake world's frames."""
 
-    cfg = SimpleNamespace(num_classes=NUM_ACTIONS, group_names=["a0", "a1", "a2", "a3"])
+    cfg = SimpleNamespace(
+        num_classes=NUM_ACTIONS, group_names=["a0", "a1", "a2", "a3"], continuous_dim=0
+    )
 
     def classes(self, actions: Tensor) -> Tensor:
         return actions
@@ -122,6 +126,16 @@ class FakeIDM(nn.Module):
     def predict(self, prev_BCHW: Tensor, next_BCHW: Tensor) -> Tensor:
         levels = FakeTokenizer().encode(torch.stack([prev_BCHW, next_BCHW], 1))[:, :, 0, 0]
         return 10.0 * F.one_hot((levels[:, 1] - levels[:, 0]) % K, K)[:, :NUM_ACTIONS].float()
+
+
+class FakeRegressionIDM(nn.Module):
+    """Reads the one control back from the level change of quadrant 0, as a number."""
+
+    cfg = SimpleNamespace(continuous_dim=1, control_names=["steer"])
+
+    def predict(self, prev_BCHW: Tensor, next_BCHW: Tensor) -> Tensor:
+        levels = FakeTokenizer().encode(torch.stack([prev_BCHW, next_BCHW], 1))[:, :, 0, 0]
+        return ((levels[:, 1] - levels[:, 0]) % K).float()[:, None]
 
 
 def fake_batch(b: int = 3, t: int = 16, seed: int = 0, with_actions: bool = True) -> Batch:
@@ -184,7 +198,7 @@ def test_true_action_dynamics_gets_true_and_random_curves() -> None:
     }
     assert report.psnr["true_actions"] == pytest.approx(report.psnr["tokenizer"], abs=1e-9)
     assert set(report.delta_t_psnr) == {"true"} and report.delta_t_psnr["true"] > 10
-    with pytest.raises(ValueError, match="conditions on true actions but 2 clips"):
+    with pytest.raises(ValueError, match="holds 2 clips without actions"):
         run(FakeDynamics("discrete"), [fake_batch(b=2, with_actions=False)], horizon=6)
 
 
@@ -211,6 +225,24 @@ class SeparableFakeDynamics(FakeDynamics):
         assert len(given) == 1, given
         self.source = given[0]
         return super().embed(tokens_BThw, mask, actions)
+
+
+def test_continuous_controls_get_true_and_shuffled_curves_and_r2() -> None:
+    def controls(seed: int) -> Batch:
+        batch = fake_batch(b=4, seed=seed)  # integer steps, given as one float control each
+        return Batch(batch.frames, batch.actions.float()[..., None], batch.action_mask, batch.keys)
+
+    report = run(FakeDynamics("continuous"), [controls(0), controls(1)], FakeRegressionIDM(),
+                 horizon=6)  # fmt: skip
+    assert report.psnr["true_actions"] == pytest.approx(report.psnr["tokenizer"], abs=1e-9)
+    assert report.delta_t_psnr["true"] > 10  # another clip's controls lead elsewhere
+    control = report.controllability
+    assert control is not None
+    assert control["generated"]["r2"]["steer"] == pytest.approx(1.0)
+    assert control["real"]["r2"]["steer"] == pytest.approx(1.0)
+    assert control["floor"]["mean_r2"] < 0.5
+    with pytest.raises(ValueError, match="holds 0 clips without actions, or discrete ones"):
+        run(FakeDynamics("continuous"), [fake_batch(b=2)], horizon=6)
 
 
 def test_separable_dynamics_gets_every_stream_and_is_controllable() -> None:

@@ -64,7 +64,14 @@ def test_save_replaces_a_world_atomically_but_nothing_else(world: str, tmp_path)
     save_world(target, tokenizer, dynamics)
     save_world(target, tokenizer, dynamics)
     spec = json.loads((target / "world.json").read_text())
-    assert spec["action_space"] == {"type": "latent", "n": 4, "names": [], "game_actions": []}
+    assert spec["action_space"] == {
+        "type": "latent",
+        "n": 4,
+        "names": [],
+        "game_actions": [],
+        "low": [],
+        "high": [],
+    }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # no temporary folders left
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "keep.txt").write_text("x")
