@@ -67,7 +67,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "worldsim.cli", "play", "--port", str(port)]
+    cmd = [sys.executable, "-m", "commands", "play", "--port", str(port)]
     cmd += ["--world", args.world] if args.world else []
     began = time.perf_counter()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}

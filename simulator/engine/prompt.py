@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -27,7 +27,19 @@ from data_pipeline.shard_source import iter_shard_samples
 from data_pipeline.video import MEDIA_ERRORS, BadVideo, decode_size, probe_frame_size
 
 if TYPE_CHECKING:
-    from simulator.engine.world_simulator import WorldSimulator
+    from simulator.world.action_space import WorldActionSpace
+
+
+class PromptTaker(Protocol):
+    """What a prompt is fitted to (a `WorldSimulator`), described here so this module, which
+    the engine imports, needs nothing from the engine."""
+
+    @property
+    def max_prompt_frames(self) -> int: ...
+
+    action_space: WorldActionSpace
+    lam: Any  # the world's latent action model, or None
+
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 PROMPT_DECODE_SIDE = 256  # short side videos are decoded at (see _video_frames)
@@ -185,7 +197,7 @@ def _shard_sample(path: Path, key: str | None) -> LoadedPrompt:
 
 
 def prompt_and_actions(
-    loaded: LoadedPrompt, sim: WorldSimulator
+    loaded: LoadedPrompt, sim: PromptTaker
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """The prompt frames (T, H, W, 3) a world starts from, the actions between them (or None for
     the LAM to infer), and a note on what was kept: a clip keeps its last frames that fit the
@@ -196,9 +208,14 @@ def prompt_and_actions(
     space = sim.action_space
     if keep > 1 and space.type == "latent" and sim.lam is not None:
         return frames[t - keep :], None, f"last {keep} frames, latent actions from the LAM"
-    if keep > 1 and space.type == "discrete" and loaded.actions is not None:
-        between = space.from_game(loaded.actions[t - keep : t - 1])  # action i follows frame i
-        if between.size and between.min() >= 0 and between.max() < space.n:
+    if keep > 1 and space.type != "latent" and loaded.actions is not None:
+        between = loaded.actions[t - keep : t - 1]  # action i follows frame i
+        between = between if space.continuous else space.from_game(between)
+        try:
+            space.tensor(between, (keep - 1,), "cpu")  # ids or controls this world takes
+        except ValueError:
+            pass
+        else:
             return frames[t - keep :], between[None], f"last {keep} frames with their actions"
     note = "its last frame" if t > 1 else "one frame"
     return frames[t - 1 :], None, note

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,13 +138,15 @@ def repeated_action_frames(
 
 
 def held_action_rollouts(
-    engine: WorldSimulator, starts_BCHW: Tensor, actions: list[int], steps: int, seed: int
+    engine: WorldSimulator, starts_BCHW: Tensor, actions: list[Any], steps: int, seed: int
 ) -> Tensor:
     """Video (S, A, 1 + steps, C, H, W): from each of S start frames, the start and `steps`
-    frames with each of the A `actions` held, all rolled out as one batch."""
+    frames with each of the A `actions` (ids, or a continuous world's control vectors) held,
+    all rolled out as one batch."""
     count, rows = len(actions), starts_BCHW.shape[0]
     prompts = starts_BCHW[:, None].repeat_interleave(count, dim=0)  # (S*A, 1, C, H, W)
-    ids = torch.tensor(actions).repeat(rows)[:, None].expand(-1, steps)
+    held = torch.tensor(actions).repeat(rows, *[1] * (torch.tensor(actions).ndim - 1))
+    ids = held[:, None].expand(-1, steps, *held.shape[1:])
     video = engine.rollout(prompts, ids, seed=seed)
     return rearrange(video, "(s a) t c h w -> s a t c h w", a=count)
 

@@ -3,7 +3,8 @@ as a contact sheet and an mp4. It answers what numbers do not: does each key do 
 expects, does the level's look survive, and where does the world break.
 
 Rows are the keys a player uses most (LEFT, RIGHT, JUMP, still), found by name in the world's
-action space (a world steered by latent actions has no such names and is refused). Each key's
+action space (a world steered by latent actions has no such names and is refused); a world of
+continuous controls (steer, gas, brake) gets the driver's rows instead (`HELD_CONTROLS`). Each key's
 view shift (`view_shift`: how far the scene moved between the start and a later frame) says in
 numbers whether RIGHT scrolls the level left, LEFT the other way and JUMP the camera up.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +34,33 @@ HELD_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def held_key_actions(engine: WorldSimulator) -> dict[str, int]:
-    """Row label -> action id in the engine's action space."""
+# A driven world's rows: control name -> value, the rest at rest. Steering rows keep a little
+# gas so that a car rolling from the start frame keeps moving through the turn.
+HELD_CONTROLS: dict[str, dict[str, float]] = {
+    "left": {"steer": -1.0, "gas": 0.3},
+    "right": {"steer": 1.0, "gas": 0.3},
+    "gas": {"gas": 1.0},
+    "brake": {"brake": 1.0},
+    "still": {},
+}
+
+
+def held_key_actions(engine: WorldSimulator) -> dict[str, Any]:
+    """Row label -> action id (or control vector) in the engine's action space."""
+    space = engine.action_space
+    if space.continuous:
+        names = [n.lower() for n in space.names]
+        missing = {c for row in HELD_CONTROLS.values() for c in row} - set(names)
+        if missing:
+            raise ValueError(
+                f"the world has no control named {sorted(missing)} ({space.describe()})"
+            )
+        rest = space.idle()
+        assert isinstance(rest, list)
+        return {
+            label: [row.get(name, r) for name, r in zip(names, rest, strict=True)]
+            for label, row in HELD_CONTROLS.items()
+        }
     names = [n.upper() for n in engine.action_space.names]
     rows = {}
     for label, wanted in HELD_KEYS.items():

@@ -286,7 +286,7 @@ def test_killed_job_resumes_to_the_same_dataset(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "worldsim.cli",
+        "commands",
         "data",
         "shard",
         "procgen:coinrun",

@@ -36,7 +36,7 @@ def server():
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     began = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worldsim.cli", "play", "--port", str(port)],
+        [sys.executable, "-m", "commands", "play", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from commands.main import main
 from data_pipeline.loader import Batch
 from tokenizer.delta import DeltaTokenizer, warp
 from tokenizer.delta_config import DeltaTokenizerConfig, delta_tokenizer_preset
 from tokenizer.delta_task import DeltaTask, DeltaTrainConfig
 from tokenizer.registry import load_tokenizer
-from worldsim.cli import main
 
 SIZE = 16
 

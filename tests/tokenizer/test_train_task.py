@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from commands.main import main
 from data_pipeline.loader import LoaderConfig, ShardLoader
 from tokenizer.evaluate import bicubic_side
 from tokenizer.model import VideoTokenizer
 from tokenizer.train_task import AugmentConfig, TokenizerTask, TokenizerTrainConfig
-from worldsim.cli import main
 
 
 def train(shards: Path, run: Path, steps: int, extra: list[str] | None = None) -> int:

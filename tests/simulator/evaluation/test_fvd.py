@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from commands.main import main
 from data_pipeline.config import ShardConfig
 from data_pipeline.shard_job import run_shard_job
 from simulator.evaluation.fvd import (
@@ -23,7 +24,6 @@ from simulator.evaluation.fvd import (
     preprocess,
 )
 from simulator.evaluation.videos import iter_videos, paired_metrics, resolve_video_set
-from worldsim.cli import main
 
 
 class StandIn(nn.Module):

@@ -11,13 +11,13 @@ import pytest
 import torch
 import webdataset as wds
 
+from commands.main import main
 from data_pipeline.loader import LoaderConfig, ShardLoader
 from data_pipeline.schema import Clip, encode_sample
 from simulator.evaluation.controllability import idm_accuracy
 from simulator.evaluation.idm import IDMConfig, InverseDynamicsModel, idm_preset
 from tokenizer.delta import DeltaTokenizer
 from tokenizer.delta_config import delta_tokenizer_preset
-from worldsim.cli import main
 
 SIZE, T = 16, 8
 

@@ -25,6 +25,7 @@ from einops import rearrange, repeat
 from PIL import Image
 from torch import Tensor, nn
 
+from commands.main import main
 from data_pipeline.loader import Batch
 from data_pipeline.schema import Clip, encode_sample
 from simulator.engine.sampling_config import SamplingConfig
@@ -41,7 +42,6 @@ from simulator.world.spec import WorldActionSpace, WorldSpec
 from tests.simulator.evaluation.test_fvd import StandIn
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
-from worldsim.cli import main
 
 K, GRID, SIDE, NUM_ACTIONS = 11, 2, 12, 4  # levels (= codes), tokens per side, pixels, actions
 

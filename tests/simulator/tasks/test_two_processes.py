@@ -31,7 +31,7 @@ def _launch_train(model: str, overrides: list[str]) -> tuple[int, str]:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
               str(_free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "worldsim.cli"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "commands"]
     cmd += ["train", model, "--config", "tiny", *overrides]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stdout + proc.stderr

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from commands.main import main
 from simulator.engine.prompt import LoadedPrompt, prompt_and_actions
 from simulator.engine.rollout import rollout
 from simulator.engine.sampling_config import SamplingConfig
@@ -25,7 +26,6 @@ from simulator.world.checkpoint import load_world, pack_world, save_world
 from simulator.world.spec import WorldActionSpace, WorldSpec, parse_actions
 from tokenizer.config import tokenizer_preset
 from tokenizer.model import VideoTokenizer
-from worldsim.cli import main
 
 DISCRETE = WorldSpec(
     WorldActionSpace("discrete", 3, ["noop", "left", "right"]), SamplingConfig(steps=2), hop=3

@@ -1,6 +1,6 @@
 """The `worldsim eval` commands: held-out reports of a tokenizer, a world, an inverse-dynamics
 model, and FVD between any two video sets. Each loads what it scores, runs a stage's evaluation
-and presents its result; `worldsim/cli.py` mounts them.
+and presents its result; `commands/main.py` mounts them.
 
 worldsim eval tokenizer --checkpoint DIR --shards DATA [--split test]
 worldsim eval world --world WORLD --shards DATA [--idm IDM --fvd-clips N]

@@ -1,5 +1,5 @@
-"""The `worldsim` console command: with `worldsim/cli_eval.py` (the `eval` commands), the only
-code in `worldsim/` that imports the stages and wires them to flags.
+"""The `worldsim` console command: with `commands/evaluate.py` (the `eval` commands), the layer
+above every stage that wires their public functions to flags; nothing imports it.
 
 worldsim data shard SOURCE [SOURCE ...] --out DIR [--config PRESET] [--frames 16 ...]
 worldsim data info DIR [--sheet PNG]
@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from worldsim.cli_eval import GUIDANCE_HELP, add_eval_commands
+from commands.evaluate import GUIDANCE_HELP, add_eval_commands
 from worldsim.config import (
     add_dataclass_flags,
     flags_to_dict,

@@ -1,4 +1,4 @@
-"""`worldsim data ...` via `worldsim.cli.main`: exit codes, error messages, a tiny end-to-end."""
+"""`worldsim data ...` via `commands.main.main`: exit codes, error messages, a tiny end-to-end."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from commands.main import main
 from data_pipeline.info import CAPTION
-from worldsim.cli import main
 
 
 @pytest.mark.parametrize(
