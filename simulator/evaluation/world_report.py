@@ -62,11 +62,13 @@ class WorldReport:
             raise ValueError(f"not a world-model report: {err}") from err
 
     def controllability_share(self) -> float | None:
-        """IDM accuracy on generated frames as a share of its accuracy on real frames."""
+        """IDM accuracy on generated frames as a share of its accuracy on real frames (for
+        continuous controls: the mean R²'s share)."""
         c = self.controllability
-        if not c or "real" not in c or not c["real"]["accuracy"]:
+        key = "mean_r2" if c and "mean_r2" in c.get("real", {}) else "accuracy"
+        if not c or "real" not in c or not c["real"][key] or c["real"][key] <= 0:
             return None
-        return c["generated"]["accuracy"] / c["real"]["accuracy"]
+        return c["generated"][key] / c["real"][key]
 
     def render(self) -> str:
         s, nf = self.sampling, self.next_frame
@@ -116,6 +118,8 @@ class WorldReport:
         c, share = self.controllability, self.controllability_share()
         if not c:
             return []
+        if "r2" in c["generated"]:
+            return self._regression_lines(c, share)
         gen, real = c["generated"], c.get("real", {})
         floor = c.get("floor", {}).get("accuracy", float("nan"))
         ceiling = f"{real.get('accuracy', 0):.1%} (balanced {real.get('balanced_accuracy', 0):.1%})"
@@ -138,6 +142,18 @@ class WorldReport:
         )
         kinds = "generated/reconstructed/real" if recon_per else "generated/real"
         return [*out, f"    per action, {kinds}: {per}"]
+
+    @staticmethod
+    def _regression_lines(c: dict[str, Any], share: float | None) -> list[str]:
+        """Continuous controls: R² per control of each kind of frames."""
+        kinds = [k for k in ("generated", "reconstructed", "real", "floor") if k in c]
+        names = list(c["generated"]["r2"])
+        per = "; ".join(f"{n} " + "/".join(f"{c[k]['r2'][n]:.2f}" for k in kinds) for n in names)
+        ratio = f"; mean R² {share:.0%} of the real frames'" if share is not None else ""
+        return [
+            f"  controllability: R² of the controls the IDM reads back{ratio}",
+            f"    per control, {'/'.join(kinds)}: {per}",
+        ]
 
     def warnings(self) -> dict[str, str]:
         """Steered curves that lose to copying the prompt frame on average over the horizon."""

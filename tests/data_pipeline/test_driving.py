@@ -65,3 +65,19 @@ def test_clips_carry_controls_rewards_and_ends_through_shards() -> None:
     assert clip.meta["fps"] == 25.0 and 0 <= clip.meta["on_road"] <= 1
     with pytest.raises(ValueError, match="the gym family has CarRacing-v3"):
         episode_units("gym:LunarLander-v3", cfg)
+
+
+def test_a_driving_job_reports_its_controls_and_time_on_the_road(tmp_path) -> None:
+    from data_pipeline.info import dataset_info
+    from data_pipeline.shard_job import run_shard_job
+
+    cfg = ShardConfig(sources=["gym:CarRacing-v3"], out=str(tmp_path / "cars"), frames=8,
+                      stride=8, episodes=2, max_steps=24, frame_skip=2, workers=1)  # fmt: skip
+    run_shard_job(cfg)
+    (split,) = dataset_info(tmp_path / "cars").splits
+    assert split.clips == 6 and split.fps == 25.0
+    assert set(split.control_histograms) == {"steer", "gas", "brake"}
+    low, high, counts = split.control_histograms["steer"]
+    assert (low, high) == (-1.0, 1.0) and sum(counts) == 6 * 8
+    assert split.on_road is not None and split.on_road > 0.5
+    assert "steer -1..1 |" in split.render() and "on the road:" in split.render()
