@@ -151,8 +151,9 @@ def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def recut(clip: Clip, key: str, cfg: ShardConfig, stats: Counter[str]) -> Iterator[Clip]:
-    """A stored clip -> clips of cfg.frames every cfg.stride frames at cfg.size, actions sliced
-    alike; meta keeps the parent's, plus `parent` (its key) and `parent_frame` (the offset)."""
+    """A stored clip -> clips of cfg.frames every cfg.stride frames at cfg.size, actions (and a
+    driving clip's rewards and ends) sliced alike; meta keeps the parent's, plus `parent` (its
+    key) and `parent_frame` (the offset)."""
     frames = clip.frames
     if frames.shape[1:3] != (cfg.size, cfg.size):
         frames = resize_center_crop(frames, cfg.size)
@@ -166,8 +167,10 @@ def recut(clip: Clip, key: str, cfg: ShardConfig, stats: Counter[str]) -> Iterat
             # start_time describes frame 0 of the clip, which moved by `start` frames.
             meta["start_time"] = meta["start_time"] + start / fps
         window = slice(start, start + cfg.frames)
-        actions = None if clip.actions is None else clip.actions[window]
-        yield Clip(frames=frames[window], actions=actions, meta=meta)
+        actions, rewards, ends = (
+            None if a is None else a[window] for a in (clip.actions, clip.rewards, clip.ends)
+        )
+        yield Clip(frames[window], actions, meta, rewards=rewards, ends=ends)
 
 
 def _uid(url: str) -> str:

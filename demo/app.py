@@ -219,7 +219,12 @@ def _wire_play(handlers: PlayHandlers, page: Page) -> None:
         concurrency_limit=MAX_PLAYERS,
     ).then(None, js="() => window.worldsimStreamDone()")  # fmt: skip
     # Outside the queue: a key change reaches a running stream at once, never behind steps.
-    c["keys"].click(keys, [c["held"]], None, js=HELD_JS, queue=False, show_progress="hidden")
+    # always_last: keys released together send two changes at once, and the default ("once")
+    # would drop the second while the first is in flight, leaving a released key held.
+    c["keys"].click(
+        keys, [c["held"]], None, js=HELD_JS, queue=False, show_progress="hidden",
+        trigger_mode="always_last",
+    )  # fmt: skip
     for action in handlers.preview_actions():
         c[f"action {action}"].click(
             page.shows(lambda s, *k, a=action: handlers.step(a, s, Settings(*k))),

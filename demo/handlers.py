@@ -80,7 +80,8 @@ class PlayHandlers:
         self.engine_lock = threading.Lock()  # the models run one call at a time
         self.batcher = StepBatcher(engine, self.engine_lock)
         self.players: dict[str, PlaySession] = {}  # player id -> the world it plays now
-        self.keys: dict[str, str] = {}  # player id -> the keys its page last said are held
+        # player id -> (number, keys) of the newest key change its page sent (see `_note_keys`)
+        self.keys: dict[str, tuple[int, str]] = {}
 
     @property
     def continuous(self) -> bool:
@@ -138,9 +139,9 @@ class PlayHandlers:
         says) mean an action: one step in flight, batched with the other players'. Ends when
         the keys are released or the player leaves."""
         session, sampling = self._require(session), self.sampling(settings)
-        self.keys[player] = held or ""
+        self._note_keys(player, held)
         while True:
-            action = self._next_action(session, self.keys.get(player, ""))
+            action = self._next_action(session, self.keys.get(player, (0, ""))[1])
             if action is None:
                 return
             with session.lock:
@@ -177,7 +178,18 @@ class PlayHandlers:
 
     def set_keys(self, held: str, player: str = "local") -> None:
         """The keys the player's page holds now (what a running `hold` steps with next)."""
-        self.keys[player] = held or ""
+        self._note_keys(player, held)
+
+    def _note_keys(self, player: str, held: str | None) -> None:
+        """Keep the newest of the key changes a page sends. The page numbers them ("right,up#7",
+        demo/static/play.js): the stream's first keys come through the queue and may arrive
+        after a later change sent outside it, which must not be undone. Unnumbered keys (tests,
+        API callers) always count."""
+        keys, _, number = (held or "").partition("#")
+        count = int(number) if number.isdigit() else None
+        newest = self.keys.get(player, (-1, ""))[0]
+        if count is None or count > newest:
+            self.keys[player] = (newest if count is None else count, keys)
 
     def step(
         self, action: int | list[float], session: PlaySession | None, settings: Settings

@@ -17,14 +17,17 @@
   let streaming = false;
   let paused = false;
   let lastFrame = null;
+  let changes = 0;  // numbers each change of the held keys: the server keeps the newest
 
   const typing = (e) => e.target.closest && e.target.closest("input, textarea, select");
   const button = (id) => document.querySelector(id);
 
-  // What the server is told is held: nothing while paused.
-  window.worldsimHeld = () => (paused ? "" : held.join(","));
+  // What the server is told is held (nothing while paused), numbered: a stream's first keys go
+  // through the queue and may arrive after a later change sent outside it.
+  window.worldsimHeld = () => `${paused ? "" : held.join(",")}#${changes}`;
 
   function keysChanged() {
+    changes += 1;
     if (streaming) {
       if (button("#ws-keys")) button("#ws-keys").click();
       return;

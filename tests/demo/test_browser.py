@@ -30,13 +30,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server():
+def serve(*world: str):
+    """`worldsim play` on a free port (with `--world` given): yields its URL and start time."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     began = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "commands", "play", "--port", str(port)],
+        [sys.executable, "-m", "commands", "play", "--port", str(port), *world],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -53,6 +53,25 @@ def server():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server():
+    yield from serve()
+
+
+@pytest.fixture
+def car_server():
+    yield from serve("--world", "carracing")
+
+
+def open_play(pw, url: str):
+    """Chromium showing the play page's first frame: (browser, page)."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector("#ws-frame-img", timeout=60_000)
+    return browser, page
 
 
 def scene_shift(before_src: str, after_src: str) -> tuple[int, int]:
@@ -78,12 +97,7 @@ def test_holding_keys_plays_the_shipped_world(server, tmp_path: Path) -> None:
     url, began = server
     assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium: apt-get install chromium"
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-        page.wait_for_selector("#ws-frame-img", timeout=60_000)
+        browser, page = open_play(pw, url)
         print(f"command to first frame: {time.perf_counter() - began:.1f} s")
         first = page.get_attribute("#ws-frame-img", "src")
         assert page.get_attribute("#ws-frame-img", "data-frame") == "0"
@@ -187,4 +201,59 @@ def test_two_players_play_apart_and_a_closed_page_frees_its_world(server) -> Non
             f"document.querySelector('#ws-frame-img').dataset.frame > {frame}", timeout=30_000
         )  # the other player plays on
         pages[0].keyboard.up("ArrowRight")
+        browser.close()
+
+
+def test_the_car_answers_the_wheel_and_the_pedals(car_server) -> None:
+    """The driving world: held arrows ramp the sliders (steer, gas) and ease them back when let
+    go, and the same start driven left and driven right ends in different views."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = car_server
+
+    def value(page, name: str) -> float:
+        return float(page.input_value(f"#ws-control-{name} input[type=number]"))
+
+    def drive(page, keys: list[str], frames: int) -> str:
+        page.click("text=restart")  # the same start and seed each time
+        page.wait_for_function("document.querySelector('#ws-frame-img').dataset.frame == 0")
+        page.click("h1, .prose, body", position={"x": 5, "y": 5})
+        for key in keys:
+            page.keyboard.down(key)
+        page.wait_for_function(
+            f"document.querySelector('#ws-frame-img').dataset.frame >= {frames}", timeout=60_000
+        )
+        steer, gas = value(page, "steer"), value(page, "gas")
+        src = page.get_attribute("#ws-frame-img", "src")
+        for key in keys:  # released together: both must ease back, and the stream end
+            page.keyboard.up(key)
+        print(f"{keys}: steer {steer:+.2f}, gas {gas:.2f}")
+        assert abs(steer) == 1.0 and gas == 1.0
+        page.wait_for_function(
+            "['steer', 'gas'].every(n => Number(document.querySelector("
+            "`#ws-control-${n} input[type=number]`).value) == 0)",
+            timeout=30_000,
+        )
+        page.wait_for_timeout(500)
+        stopped = page.get_attribute("#ws-frame-img", "data-frame")
+        page.wait_for_timeout(700)
+        assert page.get_attribute("#ws-frame-img", "data-frame") == stopped, "still streaming"
+        return src
+
+    with sync_playwright() as pw:
+        browser, page = open_play(pw, url)
+        assert "steer" in page.inner_text("body") and value(page, "steer") == 0.0
+        left = drive(page, ["ArrowLeft", "ArrowUp"], 12)
+        right = drive(page, ["ArrowRight", "ArrowUp"], 12)
+        import numpy as np
+
+        def pixels(src: str) -> np.ndarray:
+            from PIL import Image
+
+            png = base64.b64decode(src.split(",", 1)[1])
+            return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
+
+        apart = float(np.abs(pixels(left) - pixels(right)).mean())
+        print(f"driven left vs right from the same start: {apart:.1f} levels apart on average")
+        assert apart > 2.0, "steering left and right should lead to different views"
         browser.close()

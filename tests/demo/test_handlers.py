@@ -134,6 +134,15 @@ def test_a_held_key_streams_frames_until_the_keys_change_or_the_player_leaves(ha
     assert other.closed and not replaced.closed and handlers.players == {"q": replaced}
 
 
+def test_a_late_stream_start_never_undoes_a_newer_key_change(handlers: PlayHandlers) -> None:
+    session, _ = handlers.start_builtin(0, SETTINGS, player="p")
+    handlers.set_keys("right,up#2", "p")  # sent outside the queue, so it arrived first
+    stream = handlers.hold("right#1", session, SETTINGS, "p")  # the stream's own, older keys
+    assert " · RIGHT+UP · " in next(stream)[1].status
+    handlers.set_keys("#3", "p")
+    assert list(stream) == []
+
+
 def test_players_who_step_at_once_share_one_engine_call(handlers: PlayHandlers) -> None:
     """Steps waiting while the engine is busy run together, each world as it would alone."""
     sessions = [handlers.start_builtin(i % 2, SETTINGS, player=str(i))[0] for i in range(3)]

@@ -18,15 +18,17 @@ from worldsim.worlds import shipped_world
 CHECKPOINTS = Path(__file__).parents[2] / "checkpoints"
 
 
-def test_the_shipped_world_is_the_packed_release_of_the_checkpoints() -> None:
-    world = shipped_world()
+def assert_packed_from(world: Path, tokenizer: str, dynamics: str) -> None:
+    """The world's weights are byte for byte those of the two checkpoints (git stores one blob)."""
     weights = "diffusion_pytorch_model.safetensors"
-    for part, release in (
-        ("tokenizer", "delta_coinrun_still"),
-        ("dynamics", "dynamics_delta_coinrun"),
-    ):
+    for part, release in (("tokenizer", tokenizer), ("dynamics", dynamics)):
         shipped = (world / part / weights).read_bytes()
         assert shipped == (CHECKPOINTS / release / weights).read_bytes(), part
+
+
+def test_the_shipped_world_is_the_packed_release_of_the_checkpoints() -> None:
+    world = shipped_world()
+    assert_packed_from(world, "delta_coinrun_still", "dynamics_delta_coinrun")
     # The delta design: frames rendered from the previous ones and 4 tokens of change.
     tokenizer_cfg = json.loads((world / "tokenizer" / "config.json").read_text())["cfg"]
     assert tokenizer_cfg["tokens"] == 4 and "max_flow" in tokenizer_cfg
@@ -41,6 +43,18 @@ def test_the_shipped_world_is_the_packed_release_of_the_checkpoints() -> None:
     assert space.names == ["LEFT", "LEFT+UP", "NOOP", "UP", "RIGHT", "RIGHT+UP"]
     assert space.from_game([1, 7, 8, 13]).tolist() == [0, 4, 5, 2]  # LEFT, RIGHT, RIGHT+UP, NOOP
     assert len(list((world / "starts").glob("*.png"))) == 12
+
+
+def test_the_driving_world_is_the_packed_release_steered_by_wheel_and_pedals() -> None:
+    world = shipped_world("carracing")
+    assert_packed_from(world, "delta_carracing", "dynamics_delta_carracing")
+    space = read_world_spec(world).action_space
+    assert space.type == "continuous" and space.names == ["steer", "gas", "brake"]
+    assert (space.low, space.high) == ([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    starts = json.loads((world / "starts" / "starts.json").read_text())
+    assert len(starts) == 8 and all(s["track_seed"] >= 1_000_000 for s in starts)  # held out
+    size = sum(p.stat().st_size for p in world.rglob("*") if p.is_file())
+    assert size < 8 * 2**20  # the package stays small
 
 
 def test_a_damaged_or_incomplete_install_is_named(tmp_path, monkeypatch) -> None:

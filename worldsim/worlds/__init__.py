@@ -15,6 +15,11 @@ effects (LEFT, LEFT+UP, NOOP, UP, RIGHT, RIGHT+UP) and sampled at temperature 0.
 is trained for classifier-free guidance on the keys, which `world.json` leaves off (1) because
 it halves the frame rate. Its start frames are from held-out levels, ten of all themes and two
 of the single `easy` theme (README, "Evaluation").
+
+The CarRacing world ("carracing": `worldsim play --world carracing`) is the packed release of
+checkpoints/delta_carracing and checkpoints/dynamics_delta_carracing: the same delta design,
+steered by continuous [steer, gas, brake], trained on 1000 tracks driven along the road
+(data_pipeline/driving.py); its start frames are the first frames of 8 held-out tracks.
 """
 
 from __future__ import annotations
