@@ -24,18 +24,26 @@ NAMES = ["NOOP", "LEFT", "RIGHT", "UP", "LEFT+UP", "RIGHT+UP"]
 SETTINGS = Settings(steps=2, temperature=1.0, seed=0)
 
 
-@pytest.fixture(scope="session")
-def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def save_tiny(path: Path, cfg, space: WorldActionSpace, starts: list[str]) -> Path:
+    """A tiny untrained world (16x16 frames) steered by `space`, with random start frames."""
     torch.manual_seed(0)
-    cfg = dynamics_preset("tiny", action_sources=["discrete"], num_discrete_actions=len(NAMES))
-    spec = WorldSpec(WorldActionSpace("discrete", len(NAMES), NAMES), SamplingConfig(steps=2))
-    path = tmp_path_factory.mktemp("play") / "tiny"
+    spec = WorldSpec(space, SamplingConfig(steps=2))
     save_world(path, VideoTokenizer(tokenizer_preset("tiny")), DynamicsModel(cfg), spec=spec)
     (path / "starts").mkdir()
     rng = np.random.default_rng(0)
-    for i in range(2):
+    for name in starts:
         frame = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-        Image.fromarray(frame).save(path / "starts" / f"level{i}.png")
+        Image.fromarray(frame).save(path / "starts" / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = dynamics_preset("tiny", action_sources=["discrete"], num_discrete_actions=len(NAMES))
+    space = WorldActionSpace("discrete", len(NAMES), NAMES)
+    path = save_tiny(
+        tmp_path_factory.mktemp("play") / "tiny", cfg, space, ["level0.png", "level1.png"]
+    )
     entries = [{"file": "level0.png", "distribution_mode": "easy", "level_seed": 7}]
     (path / "starts" / "starts.json").write_text(json.dumps(entries))
     return path
@@ -51,18 +59,11 @@ def handlers(tiny_world: Path) -> PlayHandlers:
 @pytest.fixture(scope="session")
 def tiny_car(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untrained world steered by continuous [steer, gas, brake], as CarRacing's."""
-    torch.manual_seed(0)
     cfg = dynamics_preset("tiny", action_sources=["continuous"], continuous_dim=3)
     space = WorldActionSpace(
         "continuous", 3, ["steer", "gas", "brake"], low=[-1, 0, 0], high=[1, 1, 1]
     )
-    path = tmp_path_factory.mktemp("play") / "car"
-    save_world(path, VideoTokenizer(tokenizer_preset("tiny")), DynamicsModel(cfg),
-               spec=WorldSpec(space, SamplingConfig(steps=2)))  # fmt: skip
-    (path / "starts").mkdir()
-    frame = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    Image.fromarray(frame).save(path / "starts" / "track0.png")
-    return path
+    return save_tiny(tmp_path_factory.mktemp("play") / "car", cfg, space, ["track0.png"])
 
 
 @pytest.fixture
