@@ -7,13 +7,18 @@ Actions are scored as the game's effect classes (the IDM's `action_groups`), so 
 treats as one are never counted as confusions. Continuous controls (a regression IDM) are scored
 by R² per control: how much of each control's variance the IDM recovers from the frames
 (`RegressionMeter`); `meter_for` picks the meter an IDM needs.
+
+Every kind is also scored per transition index (`by_step`): on a rollout, how the control the
+IDM reads back holds up as the world's own frames pile up. Next to it, ONE_STEP scores frame t+1
+sampled from the real frames 0..t, so a control that one step carries but a rollout loses shows
+as the gap between the two.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
@@ -25,6 +30,9 @@ GENERATED, REAL, FLOOR = "generated", "real", "floor"
 # The tokenizer's rendering of the real clip's own tokens: what a perfect dynamics model would
 # score, so a low figure there puts the fault in the renderer, not the dynamics.
 RECONSTRUCTED = "reconstructed"
+# Frame t+1 sampled by the world from the real frames 0..t, paired with real frame t.
+ONE_STEP = "one_step"
+KINDS = (GENERATED, ONE_STEP, RECONSTRUCTED, REAL, FLOOR)
 
 
 @dataclass
@@ -35,6 +43,7 @@ class Agreement:
     balanced_accuracy: float  # mean over classes of per-class accuracy: no class dominates
     per_class: dict[str, float]  # class name -> accuracy (NaN-free: classes never seen omitted)
     transitions: int
+    by_step: list[float] = field(default_factory=list)  # accuracy of transition t, t = 0, 1, ...
 
 
 class ControllabilityMeter:
@@ -46,29 +55,34 @@ class ControllabilityMeter:
         k = idm.cfg.num_classes
         names = idm.cfg.group_names or [str(i) for i in range(k)]
         self.names = list(names)
-        self.hits = {
-            name: torch.zeros(k, dtype=torch.int64)
-            for name in (GENERATED, RECONSTRUCTED, REAL, FLOOR)
-        }
-        self.totals = {name: torch.zeros(k, dtype=torch.int64) for name in self.hits}
+        self.hits = {name: torch.zeros(k, dtype=torch.int64) for name in KINDS}
+        self.totals = {name: torch.zeros(k, dtype=torch.int64) for name in KINDS}
+        self.steps: dict[str, dict[int, list[int]]] = {name: {} for name in KINDS}  # t -> [hit, n]
 
     @torch.no_grad()
     def add(self, kind: str, frames_BTCHW: Tensor, actions_BA: Tensor) -> None:
         """Score every transition t -> t+1 of `frames` (A = T - 1 actions, action t between
         frames t and t+1) under kind GENERATED or REAL; REAL also scores the floor, pairing
         frame t with frame t+1 of another clip of the batch."""
-        target = self.idm.classes(actions_BA.to(frames_BTCHW.device))
         for t in range(actions_BA.shape[1]):
             prev, nxt = frames_BTCHW[:, t], frames_BTCHW[:, t + 1]
-            self._count(kind, self.idm.predict(prev, nxt).argmax(-1), target[:, t])
+            self.add_pair(kind, prev, nxt, actions_BA[:, t], t)
             if kind == REAL and frames_BTCHW.shape[0] > 1:
-                other = nxt.roll(1, dims=0)
-                self._count(FLOOR, self.idm.predict(prev, other).argmax(-1), target[:, t])
+                self.add_pair(FLOOR, prev, nxt.roll(1, dims=0), actions_BA[:, t], t)
 
-    def _count(self, kind: str, predicted: Tensor, target: Tensor) -> None:
+    @torch.no_grad()
+    def add_pair(
+        self, kind: str, prev_BCHW: Tensor, next_BCHW: Tensor, actions_B: Tensor, step: int
+    ) -> None:
+        """Score the transitions prev -> next under `actions` as transition `step`."""
+        target = self.idm.classes(actions_B.to(prev_BCHW.device)).cpu()
+        hit = self.idm.predict(prev_BCHW, next_BCHW).argmax(-1).cpu() == target
         k = len(self.names)
-        self.totals[kind] += torch.bincount(target.cpu(), minlength=k)
-        self.hits[kind] += torch.bincount(target[predicted == target].cpu(), minlength=k)
+        self.totals[kind] += torch.bincount(target, minlength=k)
+        self.hits[kind] += torch.bincount(target[hit], minlength=k)
+        counts = self.steps[kind].setdefault(step, [0, 0])
+        counts[0] += int(hit.sum())
+        counts[1] += len(target)
 
     def agreement(self, kind: str) -> Agreement | None:
         hits, totals = self.hits[kind], self.totals[kind]
@@ -82,6 +96,7 @@ class ControllabilityMeter:
             balanced_accuracy=sum(per_class) / len(per_class),
             per_class=dict(zip(names, per_class, strict=True)),
             transitions=int(totals.sum()),
+            by_step=[hit / n for _, (hit, n) in sorted(self.steps[kind].items())],
         )
 
 
@@ -93,42 +108,58 @@ class Regression:
     mean_r2: float
     mae: dict[str, float]
     transitions: int
+    # R² per control of transition t, t = 0, 1, ...
+    by_step: dict[str, list[float]] = field(default_factory=dict)
 
 
 class RegressionMeter:
     """`ControllabilityMeter` for continuous controls: keeps the IDM's predictions and the
-    commanded controls per kind (generated, reconstructed, real, floor)."""
+    commanded controls per kind (`KINDS`) and transition index."""
 
     def __init__(self, idm: InverseDynamicsModel) -> None:
         self.idm = idm
         d = idm.cfg.continuous_dim
         self.names = list(idm.cfg.control_names or [str(i) for i in range(d)])
-        kinds = (GENERATED, RECONSTRUCTED, REAL, FLOOR)
-        self.pairs: dict[str, list[tuple[Tensor, Tensor]]] = {k: [] for k in kinds}
+        # kind -> (predicted, commanded, transition index) batches
+        self.pairs: dict[str, list[tuple[Tensor, Tensor, int]]] = {k: [] for k in KINDS}
 
     @torch.no_grad()
     def add(self, kind: str, frames_BTCHW: Tensor, actions_BAD: Tensor) -> None:
-        target = actions_BAD.to(frames_BTCHW.device).float()
         for t in range(actions_BAD.shape[1]):
             prev, nxt = frames_BTCHW[:, t], frames_BTCHW[:, t + 1]
-            self.pairs[kind].append((self.idm.predict(prev, nxt).cpu(), target[:, t].cpu()))
+            self.add_pair(kind, prev, nxt, actions_BAD[:, t], t)
             if kind == REAL and frames_BTCHW.shape[0] > 1:
-                other = nxt.roll(1, dims=0)
-                self.pairs[FLOOR].append((self.idm.predict(prev, other).cpu(), target[:, t].cpu()))
+                self.add_pair(FLOOR, prev, nxt.roll(1, dims=0), actions_BAD[:, t], t)
+
+    @torch.no_grad()
+    def add_pair(
+        self, kind: str, prev_BCHW: Tensor, next_BCHW: Tensor, actions_BD: Tensor, step: int
+    ) -> None:
+        predicted = self.idm.predict(prev_BCHW, next_BCHW).cpu()
+        self.pairs[kind].append((predicted, actions_BD.float().cpu(), step))
 
     def agreement(self, kind: str) -> Regression | None:
         if not self.pairs[kind]:
             return None
-        predicted = torch.cat([p for p, _ in self.pairs[kind]])
-        target = torch.cat([t for _, t in self.pairs[kind]])
+        predicted, target = self._stacked(self.pairs[kind])
         r2 = r_squared(predicted, target).tolist()
         mae = (predicted - target).abs().mean(0).tolist()
+        steps = sorted({step for *_, step in self.pairs[kind]})
+        per_step = [
+            r_squared(*self._stacked([p for p in self.pairs[kind] if p[2] == step])).tolist()
+            for step in steps
+        ]
         return Regression(
             r2=dict(zip(self.names, r2, strict=True)),
             mean_r2=sum(r2) / len(r2),
             mae=dict(zip(self.names, mae, strict=True)),
             transitions=len(target),
+            by_step={name: [r[i] for r in per_step] for i, name in enumerate(self.names)},
         )
+
+    @staticmethod
+    def _stacked(pairs: list[tuple[Tensor, Tensor, int]]) -> tuple[Tensor, Tensor]:
+        return torch.cat([p for p, _, _ in pairs]), torch.cat([t for _, t, _ in pairs])
 
 
 def meter_for(idm: InverseDynamicsModel) -> ControllabilityMeter | RegressionMeter:

@@ -44,6 +44,8 @@ from simulator.evaluation.actions import (
 )
 from simulator.evaluation.controllability import (
     GENERATED,
+    KINDS,
+    ONE_STEP,
     REAL,
     RECONSTRUCTED,
     meter_for,
@@ -272,7 +274,10 @@ def _score_batch(
             delta = delta_t_psnr(frames, videos[steered], videos[random], cfg.delta_t)
             meters.delta[kind].add(torch.full((frames.shape[0], 1), delta))
     primary = TRUE if TRUE in streams else LAM
-    _teacher_forced(engines[STREAMS[primary]], frames, tokens, steering[primary], seed, meters)
+    commanded = streams[TRUE] if primary == TRUE else None  # what the IDM reads back
+    _teacher_forced(
+        engines[STREAMS[primary]], frames, tokens, steering[primary], seed, meters, commanded
+    )
     source = engines[STREAMS[primary]].action_space.type  # the dynamics' input it steers
     own = ActionInputs(**{source: steering[primary].to(any_engine.device)})
     meters.shuffle.add(any_engine.dynamics, tokens, own, seed)
@@ -305,15 +310,19 @@ def _teacher_forced(
     actions_BH: Tensor,
     seed: int,
     meters: _Meters,
+    commanded_BH: Tensor | None = None,
 ) -> None:
     """Frame t+1 sampled from the real frames 0..t (observed by the engine), against copying
-    frame t: per-frame PSNR and SSIM, the squared errors for the pooled PSNR, and where the
-    sampled frame's error comes from (`_error_sources`)."""
+    frame t: per-frame PSNR and SSIM, the squared errors for the pooled PSNR, where the
+    sampled frame's error comes from (`_error_sources`) and, given the `commanded` true
+    actions, the control the IDM reads from real frame t to it (ONE_STEP)."""
     state = engine.reset(frames_BTCHW[:, :1], seed=seed)
     guesses, copies = [], []
     for t in range(actions_BH.shape[1]):
         guess_BCHW, guessed = engine.step(state, actions_BH[:, t])
         guesses.append(guess_BCHW)
+        if meters.control is not None and commanded_BH is not None:
+            meters.control.add_pair(ONE_STEP, frames_BTCHW[:, t], guess_BCHW, commanded_BH[:, t], t)
         copies.append(state.frame_BCHW)
         real_Bhw = tokens_BThw[:, t + 1]
         _error_sources(
@@ -386,7 +395,7 @@ def _report(
     control = None
     if meters.control is not None and meters.control.agreement(GENERATED) is not None:
         control = {
-            kind: asdict(a) for kind in (GENERATED, RECONSTRUCTED, REAL, "floor")
+            kind: asdict(a) for kind in KINDS
             if (a := meters.control.agreement(kind)) is not None
         }  # fmt: skip
     return WorldReport(

@@ -141,19 +141,30 @@ class WorldReport:
             for k, v in gen["per_class"].items()
         )
         kinds = "generated/reconstructed/real" if recon_per else "generated/real"
-        return [*out, f"    per action, {kinds}: {per}"]
+        out.append(f"    per action, {kinds}: {per}")
+        if one := c.get("one_step"):
+            out.append(f"    one step from the real past: {one['accuracy']:.1%}")
+        if steps := gen.get("by_step"):
+            out.append(f"    by rollout step: {_by_step(steps, '.0%')}")
+        return out
 
     @staticmethod
     def _regression_lines(c: dict[str, Any], share: float | None) -> list[str]:
         """Continuous controls: R² per control of each kind of frames."""
-        kinds = [k for k in ("generated", "reconstructed", "real", "floor") if k in c]
+        order = ("generated", "one_step", "reconstructed", "real", "floor")
+        kinds = [k for k in order if k in c]
         names = list(c["generated"]["r2"])
         per = "; ".join(f"{n} " + "/".join(f"{c[k]['r2'][n]:.2f}" for k in kinds) for n in names)
         ratio = f"; mean R² {share:.0%} of the real frames'" if share is not None else ""
-        return [
+        out = [
             f"  controllability: R² of the controls the IDM reads back{ratio}",
             f"    per control, {'/'.join(kinds)}: {per}",
         ]
+        steps = c["generated"].get("by_step", {})  # reports written before it lack it
+        out += [
+            f"    {n} by rollout step: {_by_step(steps[n], '.2f')}" for n in names if n in steps
+        ]
+        return out
 
     def warnings(self) -> dict[str, str]:
         """Steered curves that lose to copying the prompt frame on average over the horizon."""
@@ -201,3 +212,11 @@ def _column_labels(names: list[str], width: int, height: int = 10) -> np.ndarray
         label = name.replace("_actions", "").replace("_", " ")
         draw.text((i * width + 1, 0), label, fill="black", font=font)
     return np.asarray(strip)
+
+
+def _by_step(values: list[float], fmt: str) -> str:
+    """A per-transition score at rollout steps 1, 2, 4, 8, ... and the last."""
+    shown = sorted(
+        {2**i for i in range(len(values).bit_length()) if 2**i <= len(values)} | {len(values)}
+    )
+    return ", ".join(f"t{t} {format(values[t - 1], fmt)}" for t in shown)

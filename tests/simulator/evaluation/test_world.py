@@ -241,6 +241,10 @@ def test_continuous_controls_get_true_and_shuffled_curves_and_r2() -> None:
     assert control["generated"]["r2"]["steer"] == pytest.approx(1.0)
     assert control["real"]["r2"]["steer"] == pytest.approx(1.0)
     assert control["floor"]["mean_r2"] < 0.5
+    # per rollout step, and one step from the real past: a perfect world loses nothing on either
+    assert control["generated"]["by_step"]["steer"] == pytest.approx([1.0] * 6)
+    assert control["one_step"]["r2"]["steer"] == pytest.approx(1.0)
+    assert "steer by rollout step: t1 1.00, t2 1.00, t4 1.00, t6 1.00" in report.render()
     with pytest.raises(ValueError, match="holds 0 clips without actions, or discrete ones"):
         run(FakeDynamics("continuous"), [fake_batch(b=2)], horizon=6)
 
@@ -260,8 +264,14 @@ def test_separable_dynamics_gets_every_stream_and_is_controllable() -> None:
     assert control["generated"]["accuracy"] == control["real"]["accuracy"] == 1.0
     assert control["generated"]["transitions"] == 6 * 6 and report.controllability_share() == 1.0
     assert control["floor"]["accuracy"] < 0.6
+    assert control["generated"]["by_step"] == [1.0] * 6 and control["one_step"]["accuracy"] == 1.0
     blind = run(SeparableFakeDynamics(noisy=True), horizon=6, idm=FakeIDM())
-    assert blind.controllability["generated"]["accuracy"] < 0.6  # a world that ignores the keys
+    blind_control = blind.controllability
+    assert blind_control["generated"]["accuracy"] < 0.6  # a world that ignores the keys
+    assert (
+        blind_control["one_step"]["accuracy"] < 0.6
+        and len(blind_control["generated"]["by_step"]) == 6
+    )
     assert "of the ceiling" in blind.render()
 
 
