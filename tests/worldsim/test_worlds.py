@@ -52,7 +52,8 @@ def test_the_driving_world_is_the_packed_release_steered_by_wheel_and_pedals() -
     assert space.type == "continuous" and space.names == ["steer", "gas", "brake"]
     assert (space.low, space.high) == ([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0])
     starts = json.loads((world / "starts" / "starts.json").read_text())
-    assert len(starts) == 8 and all(s["track_seed"] >= 1_000_000 for s in starts)  # held out
+    assert len(starts) == 16 and all(s["track_seed"] >= 1_000_000 for s in starts)  # held out
+    assert sum("mid-drive" in s["label"] for s in starts) == 8  # not only straights
     size = sum(p.stat().st_size for p in world.rglob("*") if p.is_file())
     assert size < 8 * 2**20  # the package stays small
 
