@@ -22,15 +22,20 @@ GUIDANCE_HELP = (
 )
 
 
+def _add_held_out_batches(parser: Any, shards_help: str) -> None:
+    """The held-out shards an evaluation reads, and how many batches of them."""
+    parser.add_argument("--shards", required=True, help=shards_help)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-batches", type=int, default=None, help="default: the whole split")
+
+
 def add_eval_commands(stages: Any) -> None:
     evaluate = stages.add_parser("eval", help="score a trained model on held-out shards")
     evals = evaluate.add_subparsers(dest="model", required=True)
     tok = evals.add_parser("tokenizer", help="PSNR, SSIM, codebook usage vs a same-bits bicubic")
     tok.add_argument("--checkpoint", required=True, help="a save_pretrained folder, e.g. RUN/final")
-    tok.add_argument("--shards", required=True, help="shard folder, glob or URLs")
-    tok.add_argument("--split", default="test")
-    tok.add_argument("--batch-size", type=int, default=8)
-    tok.add_argument("--max-batches", type=int, default=None, help="default: the whole split")
+    _add_held_out_batches(tok, "shard folder, glob or URLs")
     tok.add_argument("--out", default=None, help="JSON report (default CHECKPOINT/eval_SPLIT.json)")
     tok.set_defaults(func=_eval_tokenizer)
     _add_eval_world(evals)
@@ -263,14 +268,11 @@ def _add_eval_world(evals: Any) -> None:
         "delta-t PSNR, controllability (--idm), FVD (--fvd-clips)",
     )
     world.add_argument("--world", required=True, help="world folder (worldsim pack)")
-    world.add_argument("--shards", required=True, help="held-out frame shards: folder, glob, URLs")
-    world.add_argument("--split", default="test")
+    _add_held_out_batches(world, "held-out frame shards: folder, glob, URLs")
     world.add_argument("--idm", default=None, help="inverse-dynamics model (worldsim train idm)")
     world.add_argument("--fvd-clips", type=int, default=0, help="clips per set for FVD; 0: none")
     world.add_argument("--i3d-weights", default=None, help="see `worldsim eval fvd`")
     world.add_argument("--out", default=None, help="default: WORLD/eval_SPLIT")
-    world.add_argument("--batch-size", type=int, default=8)
-    world.add_argument("--max-batches", type=int, default=None, help="default: the whole split")
     world.add_argument("--horizon", type=int, default=15, help="frames generated after the prompt")
     world.add_argument("--delta-t", type=int, default=4, help="t of Genie's delta-t PSNR")
     world.add_argument("--seed", type=int, default=0)
@@ -294,10 +296,7 @@ def _add_eval_world(evals: Any) -> None:
 
     idm = evals.add_parser("idm", help="IDM accuracy on real clips (the ceiling) and the floor")
     idm.add_argument("--checkpoint", required=True, help="IDM save_pretrained folder")
-    idm.add_argument("--shards", required=True, help="held-out frame shards with true actions")
-    idm.add_argument("--split", default="test")
-    idm.add_argument("--batch-size", type=int, default=8)
-    idm.add_argument("--max-batches", type=int, default=None, help="default: the whole split")
+    _add_held_out_batches(idm, "held-out frame shards with true actions")
     idm.add_argument(
         "--tokenizer", default=None,
         help="also score this tokenizer's closed-loop renders of the real tokens (the "

@@ -46,7 +46,27 @@ class Agreement:
     by_step: list[float] = field(default_factory=list)  # accuracy of transition t, t = 0, 1, ...
 
 
-class ControllabilityMeter:
+class _TransitionMeter:
+    """What both meters share: clips taken apart into scored transitions (`add_pair`)."""
+
+    @torch.no_grad()
+    def add(self, kind: str, frames_BTCHW: Tensor, actions_BA: Tensor) -> None:
+        """Score every transition t -> t+1 of `frames` (A = T - 1 actions, action t between
+        frames t and t+1; (B, A) ids or (B, A, D) controls) under `kind`; REAL also scores the
+        floor, pairing frame t with frame t+1 of another clip of the batch."""
+        for t in range(actions_BA.shape[1]):
+            prev, nxt = frames_BTCHW[:, t], frames_BTCHW[:, t + 1]
+            self.add_pair(kind, prev, nxt, actions_BA[:, t], t)
+            if kind == REAL and frames_BTCHW.shape[0] > 1:
+                self.add_pair(FLOOR, prev, nxt.roll(1, dims=0), actions_BA[:, t], t)
+
+    def add_pair(
+        self, kind: str, prev_BCHW: Tensor, next_BCHW: Tensor, actions_B: Tensor, step: int
+    ) -> None:
+        raise NotImplementedError
+
+
+class ControllabilityMeter(_TransitionMeter):
     """Accumulates IDM hits per effect class for generated, reconstructed and real frames and the
     floor."""
 
@@ -58,17 +78,6 @@ class ControllabilityMeter:
         self.hits = {name: torch.zeros(k, dtype=torch.int64) for name in KINDS}
         self.totals = {name: torch.zeros(k, dtype=torch.int64) for name in KINDS}
         self.steps: dict[str, dict[int, list[int]]] = {name: {} for name in KINDS}  # t -> [hit, n]
-
-    @torch.no_grad()
-    def add(self, kind: str, frames_BTCHW: Tensor, actions_BA: Tensor) -> None:
-        """Score every transition t -> t+1 of `frames` (A = T - 1 actions, action t between
-        frames t and t+1) under kind GENERATED or REAL; REAL also scores the floor, pairing
-        frame t with frame t+1 of another clip of the batch."""
-        for t in range(actions_BA.shape[1]):
-            prev, nxt = frames_BTCHW[:, t], frames_BTCHW[:, t + 1]
-            self.add_pair(kind, prev, nxt, actions_BA[:, t], t)
-            if kind == REAL and frames_BTCHW.shape[0] > 1:
-                self.add_pair(FLOOR, prev, nxt.roll(1, dims=0), actions_BA[:, t], t)
 
     @torch.no_grad()
     def add_pair(
@@ -112,7 +121,7 @@ class Regression:
     by_step: dict[str, list[float]] = field(default_factory=dict)
 
 
-class RegressionMeter:
+class RegressionMeter(_TransitionMeter):
     """`ControllabilityMeter` for continuous controls: keeps the IDM's predictions and the
     commanded controls per kind (`KINDS`) and transition index."""
 
@@ -122,14 +131,6 @@ class RegressionMeter:
         self.names = list(idm.cfg.control_names or [str(i) for i in range(d)])
         # kind -> (predicted, commanded, transition index) batches
         self.pairs: dict[str, list[tuple[Tensor, Tensor, int]]] = {k: [] for k in KINDS}
-
-    @torch.no_grad()
-    def add(self, kind: str, frames_BTCHW: Tensor, actions_BAD: Tensor) -> None:
-        for t in range(actions_BAD.shape[1]):
-            prev, nxt = frames_BTCHW[:, t], frames_BTCHW[:, t + 1]
-            self.add_pair(kind, prev, nxt, actions_BAD[:, t], t)
-            if kind == REAL and frames_BTCHW.shape[0] > 1:
-                self.add_pair(FLOOR, prev, nxt.roll(1, dims=0), actions_BAD[:, t], t)
 
     @torch.no_grad()
     def add_pair(
