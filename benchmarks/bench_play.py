@@ -90,7 +90,8 @@ def engine_only_fps(world: str | None, steps: int) -> float:
     from worldsim.worlds import shipped_world
 
     sim = WorldSimulator.from_pretrained(Path(world) if world else shipped_world())
-    right = sim.action_space.names.index("RIGHT") if "RIGHT" in sim.action_space.names else 0
+    space = sim.action_space  # held: RIGHT in a game, the idle controls of a driving world
+    right = space.names.index("RIGHT") if "RIGHT" in space.names else space.idle() or 0
     state = sim.reset(torch.zeros(1, 3, 64, 64))
     for _ in range(4):  # warm-up
         _, state = sim.step(state, right)

@@ -38,6 +38,17 @@ class DeltaTokenizerConfig:
     # low-pass filter that a rollout applies again every step (textures and sprites blur away
     # in 10-20 steps); bicubic keeps more of the detail a sub-pixel shift moves.
     interpolation: str = "bilinear"
+    # Width of the continuous controls (a driving world's [steer, gas, brake]) that the change
+    # encoder and the renderer read beside the frames; 0: neither reads actions. A renderer told
+    # the controls turns and moves the view itself, frame after frame from its own pixels, so the
+    # tokens (and the dynamics that predicts them) carry only what the controls do not say.
+    action_dim: int = 0
+    # Whether the tokens shape the warp's flow. False: the flow is read off the 1/4-resolution
+    # features, which see only the two frames and the controls, so the view moves the way the
+    # controls say and the tokens only paint what the warp cannot bring (needs action_dim). With
+    # True the tokens carry the motion itself, and a renderer told controls barely reads them
+    # (measured: the wrong controls cost 0.3 dB; RECIPE of checkpoints/delta_carracing_controls).
+    flow_from_tokens: bool = True
 
     @property
     def grid(self) -> int:
@@ -76,6 +87,10 @@ class DeltaTokenizerConfig:
             out.append(f"levels must be a non-empty list of ints >= 2, got {self.levels}")
         if self.interpolation not in ("bilinear", "bicubic"):
             out.append(f"interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}")
+        if self.action_dim < 0:
+            out.append(f"action_dim must be >= 0, got {self.action_dim}")
+        if not self.flow_from_tokens and self.action_dim < 1:
+            out.append("flow_from_tokens=False needs action_dim >= 1: the flow reads the controls")
         if self.blocks < 0 or self.max_flow <= 0:
             out.append("blocks must be >= 0 and max_flow > 0")
         if out:

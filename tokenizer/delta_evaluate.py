@@ -43,6 +43,11 @@ class DeltaTokenizerReport:
     codebook_usage: float
     num_codes: int
     bits_per_frame: float
+    # A renderer told the controls (None for one that is not), from frame 0 on its own renders
+    # like `closed_loop`: with the clip's tokens but the next clip's controls (what the controls
+    # decide), and with "no change" tokens and the clip's controls (the renderer alone, steered).
+    other_controls_pooled_psnr_db: float | None = None
+    controls_only_pooled_psnr_db: float | None = None
 
     def render(self) -> str:
         return (
@@ -56,6 +61,16 @@ class DeltaTokenizerReport:
             "  a still scene against its first frame after "
             + ", ".join(f"{k}: {v:.2f}" for k, v in self.still_pooled_psnr_db.items())
             + " renders (dB)"
+            + self._controls_line()
+        )
+
+    def _controls_line(self) -> str:
+        if self.other_controls_pooled_psnr_db is None or self.controls_only_pooled_psnr_db is None:
+            return ""
+        return (
+            f"\n  told the next clip's controls: {self.other_controls_pooled_psnr_db:.2f} dB; "
+            f'"no change" tokens and the clip\'s controls: '
+            f"{self.controls_only_pooled_psnr_db:.2f} dB (from frame 0 on its own renders)"
         )
 
 
@@ -64,11 +79,15 @@ STILL_MARKS, STILL_BATCHES = (1, 4, 16, 64), 8
 
 @torch.no_grad()
 def still_scene_errors(model: DeltaTokenizer, first_BCHW: Tensor) -> dict[int, float]:
-    """Summed per-clip MSE against `first` after each of STILL_MARKS renders of a still scene."""
-    tokens = model.encode(first_BCHW[:, None])[:, 0]  # frame 0's tokens: no change
+    """Summed per-clip MSE against `first` after each of STILL_MARKS renders of a still scene
+    (told zero controls, by a renderer told them)."""
+    b, d = first_BCHW.shape[0], model.cfg.action_dim
+    none_B1D = first_BCHW.new_zeros(b, 1, d) if d else None
+    tokens = model.encode(first_BCHW[:, None], none_B1D)[:, 0]  # frame 0's tokens: no change
     state, out = DeltaState(first_BCHW, first_BCHW), {}
     for step in range(1, max(STILL_MARKS) + 1):
-        frame, state = model.decode_step(tokens, state)
+        action = None if none_B1D is None else none_B1D[:, 0]
+        frame, state = model.decode_step(tokens, state, action=action)
         if step in STILL_MARKS:
             out[step] = float((frame - first_BCHW).pow(2).mean(dim=(1, 2, 3)).sum())
     return out
@@ -79,7 +98,7 @@ def evaluate_delta_tokenizer(
     model: DeltaTokenizer, loader: ShardLoader, max_batches: int | None = None
 ) -> DeltaTokenizerReport:
     model.eval()
-    sq = dict.fromkeys(("model", "copy", "closed", "first"), 0.0)
+    sq: dict[str, float] = {}
     psnr_sum, clips, frames = 0.0, 0, 0
     still: dict[int, float] = {}
     still_clips = 0
@@ -87,28 +106,29 @@ def evaluate_delta_tokenizer(
     for i, batch in enumerate(tqdm(loader, desc="eval delta tokenizer", disable=None)):
         if max_batches is not None and i >= max_batches:
             break
-        x = batch.frames
+        x, actions = batch.frames, batch.actions if model.cfg.action_dim else None
         real = x[:, 1:]
-        teacher = model.loss(x, closed_loop=0.0).recon[:, 1:]
-        closed = model.reconstruct(x)[:, 1:]
+        teacher = model.loss(x, actions, closed_loop=0.0).recon[:, 1:]
         guesses = {
-            "model": teacher.clamp(-1, 1), "copy": x[:, :-1], "closed": closed,
-            "first": x[:, :1].expand_as(real),
+            "model": teacher.clamp(-1, 1), "copy": x[:, :-1], "first": x[:, :1].expand_as(real),
+            **_closed_loop_renders(model, x, actions),
         }  # fmt: skip
         for name, guess in guesses.items():
-            sq[name] += float((guess - real).pow(2).mean(dim=(2, 3, 4)).sum())
+            sq[name] = sq.get(name, 0.0) + float((guess - real).pow(2).mean(dim=(2, 3, 4)).sum())
         psnr_sum += float(frame_psnr(teacher, real)) * real.shape[0] * real.shape[1]
         if i < STILL_BATCHES:
             for step, error in still_scene_errors(model, x[:, 0]).items():
                 still[step] = still.get(step, 0.0) + error
             still_clips += x.shape[0]
-        used[model.encode(x).flatten().unique()] = True
+        used[model.encode(x, actions).flatten().unique()] = True
         clips, frames = clips + x.shape[0], frames + real.shape[0] * real.shape[1]
     if not frames:
         raise ValueError("evaluation data yielded no clips")
 
     def pooled(name: str) -> float:
         return 10 * math.log10(4 / max(sq[name] / frames, 1e-10))
+
+    told = model.cfg.action_dim > 0
 
     return DeltaTokenizerReport(
         checkpoint="", shards="", split="", clips=clips, frames=frames,
@@ -119,4 +139,22 @@ def evaluate_delta_tokenizer(
         still_pooled_psnr_db={
             k: 10 * math.log10(4 / max(v / still_clips, 1e-10)) for k, v in still.items()
         },
+        other_controls_pooled_psnr_db=pooled("other_controls") if told else None,
+        controls_only_pooled_psnr_db=pooled("controls_only") if told else None,
     )  # fmt: skip
+
+
+def _closed_loop_renders(
+    model: DeltaTokenizer, frames_BTCHW: Tensor, actions: Tensor | None
+) -> dict[str, Tensor]:
+    """Frames 1.. rendered from frame 0 on the renderer's own outputs: with the clip's tokens
+    ("closed") and, for a renderer told the controls, with the next clip's controls
+    ("other_controls") and with "no change" tokens and the clip's controls ("controls_only")."""
+    tokens = model.encode(frames_BTCHW, actions)
+    out = {"closed": model.reconstruct(frames_BTCHW, tokens, actions)[:, 1:]}
+    if actions is not None:
+        still = tokens[:, :1].expand_as(tokens)
+        other = actions.roll(1, dims=0)
+        out["other_controls"] = model.reconstruct(frames_BTCHW, tokens, other)[:, 1:]
+        out["controls_only"] = model.reconstruct(frames_BTCHW, still, actions)[:, 1:]
+    return out

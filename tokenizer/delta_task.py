@@ -74,22 +74,37 @@ class DeltaTask(FrameShardBatches):
         return model
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> TokenizerOutput:
-        frames, closed_loop = batch.frames, 1.0
+        frames, actions, closed_loop = batch.frames, self._controls(batch), 1.0
         if model.training:
             closed_loop = self.cfg.closed_loop
-            still_B1111 = torch.rand(frames.shape[0], device=frames.device) < self.cfg.still_clips
-            still_B1111 = still_B1111.view(-1, 1, 1, 1, 1)
-            frames = torch.where(still_B1111, frames[:, :1].expand_as(frames), frames)
+            still_B = torch.rand(frames.shape[0], device=frames.device) < self.cfg.still_clips
+            frames = torch.where(still_B.view(-1, 1, 1, 1, 1), frames[:, :1], frames)
+            if actions is not None:  # a still scene is told no controls
+                actions = torch.where(still_B.view(-1, 1, 1), 0.0, actions)
         out: TokenizerOutput = model(
-            frames, closed_loop=closed_loop, through_time=self.cfg.through_time,
+            frames, actions, closed_loop=closed_loop, through_time=self.cfg.through_time,
             change_weight=self.cfg.change_weight,
         )  # fmt: skip
         return out
 
+    def _controls(self, batch: Batch) -> torch.Tensor | None:
+        """The batch's continuous actions for a renderer told controls, else None."""
+        if not self.model_cfg.action_dim:
+            return None
+        if not bool(batch.action_mask.all()) or not batch.actions.is_floating_point():
+            raise ValueError(
+                f"this delta tokenizer reads {self.model_cfg.action_dim} controls a frame, but "
+                f"batch {batch.keys[:3]}... holds clips without continuous actions"
+            )
+        return batch.actions
+
     def visualize(self, model: torch.nn.Module, batch: Batch, path_prefix: Path) -> list[Path]:
         """Real clips above their closed-loop renders (PNG) and side by side (mp4), 4 clips."""
+        actions = self._controls(batch)
         with torch.no_grad():
-            recon = model(batch.frames[:4], closed_loop=1.0).recon
+            recon = model(
+                batch.frames[:4], None if actions is None else actions[:4], closed_loop=1.0
+            ).recon
         real, fake = to_uint8_clips(batch.frames[:4]), to_uint8_clips(recon)
         png, mp4 = Path(f"{path_prefix}_recon.png"), Path(f"{path_prefix}_recon.mp4")
         write_grid_png([*real, *fake], png)

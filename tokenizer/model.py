@@ -151,8 +151,9 @@ class VideoTokenizer(PretrainedModel):
         self.enc_pos_space.requires_grad_(False)
         self.tokens_frozen = True
 
-    def encode(self, frames_BTCHW: Tensor) -> Tensor:
-        """frames float (B, T, C, H, W) in [-1, 1] -> tokens int64 (B, T, h, w)."""
+    def encode(self, frames_BTCHW: Tensor, actions: Tensor | None = None) -> Tensor:
+        """frames float (B, T, C, H, W) in [-1, 1] -> tokens int64 (B, T, h, w). `actions`: the
+        delta tokenizer's (a renderer told controls); a grid describes each frame alone."""
         self.check_frames(frames_BTCHW)
         return rearrange(self._tokenize(frames_BTCHW), "b t (h w) -> b t h w", h=self.cfg.grid)
 
@@ -224,24 +225,38 @@ class VideoTokenizer(PretrainedModel):
         return frames, DecodeState(tokens_BThw, cache, hop)
 
     def start(
-        self, frames_BTCHW: Tensor, hop: int | None = None, cached: bool = True
+        self,
+        frames_BTCHW: Tensor,
+        hop: int | None = None,
+        cached: bool = True,
+        actions: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, DecodeState]:
         """Tokens of prompt frames, their decoding (what a world shows of them) and the state
-        `decode_step` decodes later frames from (`decode_start`'s)."""
+        `decode_step` decodes later frames from (`decode_start`'s). `actions`: unused (`encode`)."""
         tokens_BThw = self.encode(frames_BTCHW)
         return (tokens_BThw, *self.decode_start(tokens_BThw, hop, cached))
 
-    def reconstruct(self, frames_BTCHW: Tensor, tokens_BThw: Tensor | None = None) -> Tensor:
+    def reconstruct(
+        self,
+        frames_BTCHW: Tensor,
+        tokens_BThw: Tensor | None = None,
+        actions: Tensor | None = None,
+    ) -> Tensor:
         """A clip decoded from its own tokens (`tokens_BThw` when already encoded): what a world
-        with a perfect dynamics shows."""
+        with a perfect dynamics shows. `actions`: unused (`encode`)."""
         return self.decode(self.encode(frames_BTCHW) if tokens_BThw is None else tokens_BThw)
 
     def decode_step(
-        self, tokens_Bhw: Tensor, state: DecodeState, observed: Tensor | None = None
+        self,
+        tokens_Bhw: Tensor,
+        state: DecodeState,
+        observed: Tensor | None = None,
+        action: Tensor | None = None,
     ) -> tuple[Tensor, DecodeState]:
         """The frame (B, C, H, W) of the next tokens (B, h, w), decoded in the window of
         `state`: equal to `decode(window)[:, -1]`, at the cost of one frame when cached.
-        `observed` (the real frame, in teacher forcing) is not needed: the window is tokens."""
+        `observed` (the real frame, in teacher forcing) is not needed: the window is tokens;
+        nor is `action` (the delta tokenizer's, for a renderer told controls)."""
         tokens_B1hw = tokens_Bhw[:, None]
         self.check_tokens(tokens_B1hw)
         window_BThw = state.tokens_BThw

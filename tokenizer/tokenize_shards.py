@@ -249,9 +249,12 @@ def _tokenize_batch(
     keys: list[str],
     clips: list[Clip],
 ) -> list[TokenClip]:
-    frames_BTCHW = collate(clips, keys, action_dim=None).frames
-    device = _device(tokenizer, torch.device("cpu"))
-    tokens_BThw = tokenizer.encode(frames_BTCHW.to(device)).cpu().numpy().astype(TOKEN_DTYPE)
+    batch = collate(clips, keys, action_dim=None)
+    frames_BTCHW, device = batch.frames, _device(tokenizer, torch.device("cpu"))
+    # A renderer told the controls encodes with them (the others ignore them).
+    actions = batch.actions.to(device) if bool(batch.action_mask.all()) else None
+    tokens_BThw = tokenizer.encode(frames_BTCHW.to(device), actions).cpu().numpy()
+    tokens_BThw = tokens_BThw.astype(TOKEN_DTYPE)
     B, T = frames_BTCHW.shape[:2]
     latent_BA: list[np.ndarray | None] = [None] * B
     if lam is not None:

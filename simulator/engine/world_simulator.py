@@ -226,12 +226,14 @@ class WorldSimulator:
         tokenizer's window is the tokens."""
         return self._advance(state, action, (tokens_Bhw, frame), None)
 
-    def encode(self, frames: Any) -> Tensor:
+    def encode(self, frames: Any, actions: Any = None) -> Tensor:
         """Tokens (B, T, h, w) of real frames (any prompt form), encoded together as `reset`
-        encodes a prompt: the tokens `observe` takes."""
+        encodes a prompt: the tokens `observe` takes. A renderer told the controls also reads
+        the `actions` (B, T - 1 or T, D) taken between the frames."""
         frames_BTCHW = prompt_frames(frames, self.tokenizer.cfg.image_size).to(self.device)
+        actions = None if actions is None else torch.as_tensor(actions, device=self.device)
         with self._inference():
-            return self.tokenizer.encode(frames_BTCHW)
+            return self.tokenizer.encode(frames_BTCHW, actions)
 
     def _advance(
         self,
@@ -255,7 +257,7 @@ class WorldSimulator:
                 cache = commit_frame(self.dynamics, cache, new_Bhw, self._inputs(actions_BA))
             if frame is not None:
                 frame = frame.to(self.device)
-            frame_BCHW, decoder = self._decode(new_Bhw, state, frame)
+            frame_BCHW, decoder = self._decode(new_Bhw, state, frame, action_B)
         new = WorldState(
             tokens_BThw=torch.cat([tokens_BThw, new_Bhw[:, None]], dim=1),
             actions_BA=actions_BA,
@@ -273,19 +275,23 @@ class WorldSimulator:
         return new.frame_BCHW, new
 
     def _decode(
-        self, new_Bhw: Tensor, state: WorldState, frame: Tensor | None
+        self, new_Bhw: Tensor, state: WorldState, frame: Tensor | None, action_B: Tensor
     ) -> tuple[Tensor, DecodeState | DeltaState]:
-        """The tokenizer's next frames. Worlds stacked by `step_many` are rendered one by one:
+        """The tokenizer's next frames (a renderer told the controls reads `action_B`, the
+        others need only the tokens). Worlds stacked by `step_many` are rendered one by one:
         a batched convolution rounds differently in the last bits, which would change some
         pixels by a level, and rendering is per-world work anyway (5.6 ms for one world, 18.7
         for four, shipped world on 2 cores)."""
         if not isinstance(state.rng_state, tuple):
-            return self.tokenizer.decode_step(new_Bhw, state.decoder, frame)
+            return self.tokenizer.decode_step(new_Bhw, state.decoder, frame, action_B)
         b, rendered = new_Bhw.shape[0], []
         for i in range(b):
             observed = None if frame is None else frame[i : i + 1]
             decoder = batching.unstack(state.decoder, i, b)
-            rendered.append(self.tokenizer.decode_step(new_Bhw[i : i + 1], decoder, observed))
+            one = self.tokenizer.decode_step(
+                new_Bhw[i : i + 1], decoder, observed, action_B[i : i + 1]
+            )
+            rendered.append(one)
         return torch.cat([f for f, _ in rendered]), batching.stack([d for _, d in rendered])
 
     def _generators(self, rng_state: Tensor | tuple[Tensor, ...]) -> Generators:
@@ -347,7 +353,7 @@ class WorldSimulator:
         )
         with self._inference():
             tokens_BThw, recon_BTCHW, decoder = self.tokenizer.start(
-                frames_BTCHW, self.decoder_hop, cached=self.cfg.kv_cache
+                frames_BTCHW, self.decoder_hop, cached=self.cfg.kv_cache, actions=actions_BA
             )
             cache = self._prefill(tokens_BThw, actions_BA) if self.cfg.kv_cache else None
         state = WorldState(

@@ -256,11 +256,14 @@ def _score_batch(
     any_engine = next(iter(engines.values()))
     frames = batch.frames[:, : cfg.horizon + 1].to(any_engine.device)  # (B, H+1, C, H, W)
     real, h = frames[:, 1:], cfg.horizon
-    tokens = any_engine.encode(frames)
+    # The actions between the real frames: a renderer told the controls reads them too.
+    taken = batch.actions[:, :h].to(any_engine.device)
+    tokens = any_engine.encode(frames, taken)
     reconstruct = any_engine.tokenizer.reconstruct  # what a perfect dynamics would show
-    reconstructed = reconstruct(frames, tokens)
+    reconstructed = reconstruct(frames, tokens, taken)
     meters.add_curves(TOKENIZER, reconstructed[:, 1:], real)
-    meters.add_curves(COPY, reconstruct(frames[:, :1].expand(-1, h, -1, -1, -1)), real)
+    still = frames[:, :1].expand(-1, h, -1, -1, -1)
+    meters.add_curves(COPY, reconstruct(still, actions=torch.zeros_like(taken)), real)
     seed = cfg.seed * 1_000_003 + index
     videos, steering = {}, _world_actions(engines, streams)
     for name, actions in steering.items():
@@ -326,8 +329,9 @@ def _teacher_forced(
         copies.append(state.frame_BCHW)
         real_Bhw = tokens_BThw[:, t + 1]
         _error_sources(
-            engine, state, guessed.tokens_BThw[:, -1], real_Bhw, frames_BTCHW[:, t + 1], meters
-        )
+            engine, state, (guessed.tokens_BThw[:, -1], real_Bhw), guessed.actions_BA[:, -1],
+            frames_BTCHW[:, t + 1], meters,
+        )  # fmt: skip
         state = engine.observe(state, actions_BH[:, t], real_Bhw, frames_BTCHW[:, t + 1])[1]
     real = frames_BTCHW[:, 1:]
     for name, video in (("", torch.stack(guesses, 1)), ("copy_", torch.stack(copies, 1))):
@@ -340,8 +344,8 @@ def _teacher_forced(
 def _error_sources(
     engine: WorldSimulator,
     state: WorldState,
-    sampled_Bhw: Tensor,
-    real_Bhw: Tensor,
+    sampled_and_real: tuple[Tensor, Tensor],
+    action_B: Tensor,
     real_BCHW: Tensor,
     meters: _Meters,
 ) -> None:
@@ -349,7 +353,9 @@ def _error_sources(
     real token differs from the last frame's ("changed"), and the sampled token's exact hits on
     changed and on still positions. Two frames decoded after the same real past: the sample with
     the real tokens wherever they stayed still (what is left is the error on motion), and with
-    the real tokens wherever they changed (the error of redrawing what stood still)."""
+    the real tokens wherever they changed (the error of redrawing what stood still), each told
+    the action taken (`action_B`, as the engine gave it) when the renderer reads controls."""
+    sampled_Bhw, real_Bhw = sampled_and_real
     changed = real_Bhw != state.tokens_BThw[:, -1]
     hit = sampled_Bhw == real_Bhw
     hits = meters.tokens
@@ -362,7 +368,7 @@ def _error_sources(
         "motion_given": torch.where(changed, real_Bhw, sampled_Bhw),
     }
     for name, tokens_Bhw in mixes.items():
-        frame_BCHW = engine.tokenizer.decode_step(tokens_Bhw, state.decoder)[0]
+        frame_BCHW = engine.tokenizer.decode_step(tokens_Bhw, state.decoder, action=action_B)[0]
         meters.sq_err[name] += _squared_error(frame_BCHW[:, None], real_BCHW[:, None])
 
 

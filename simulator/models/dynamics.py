@@ -347,6 +347,13 @@ class DynamicsModel(PretrainedModel):
                 problems.append(
                     f"tokenizer grid is {tokenizer.cfg.grid} but dynamics grid is {cfg.grid}"
                 )
+            told = getattr(tokenizer.cfg, "action_dim", 0)  # a delta renderer told controls
+            takes = cfg.continuous_dim if "continuous" in cfg.action_sources else 0
+            if told and told != takes:
+                problems.append(
+                    f"the tokenizer's renderer is told {told} continuous controls a frame but "
+                    f"the dynamics takes {takes}"
+                )
         if lam is not None and lam.num_actions != cfg.num_latent_actions:
             problems.append(
                 f"latent action model has {lam.num_actions} actions but dynamics "

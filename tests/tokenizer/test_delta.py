@@ -88,7 +88,7 @@ def test_bicubic_warps_blur_less_and_through_time_reaches_earlier_renders() -> N
     for closed_loop in (0.0, 1.0):
         for through_time in (False, True):
             model.zero_grad()
-            out = model.loss(frames, closed_loop, through_time)
+            out = model.loss(frames, closed_loop=closed_loop, through_time=through_time)
             out.loss.backward()
             loss = float(out.loss.detach())
             grads[closed_loop, through_time] = model.out.weight.grad.clone(), loss
@@ -131,7 +131,7 @@ def test_still_clips_hold_the_first_frame_in_training_only(model) -> None:
     batch = Batch(frames, torch.zeros(2, 4, dtype=torch.long), torch.ones(2, dtype=torch.bool), [])
     task = DeltaTask(DeltaTrainConfig(preset="tiny", still_clips=1.0))
     evaluated = task.loss(model, batch).loss.detach()  # held-out batches stay as they are
-    torch.testing.assert_close(evaluated, model.loss(frames, 1.0).loss.detach())
+    torch.testing.assert_close(evaluated, model.loss(frames, closed_loop=1.0).loss.detach())
     assert float(evaluated) > 0.1
     model.train()  # the untrained renderer copies its last frame: exact on a still clip
     assert float(task.loss(model, batch).loss.detach()) == 0.0
@@ -139,18 +139,21 @@ def test_still_clips_hold_the_first_frame_in_training_only(model) -> None:
         DeltaTask(DeltaTrainConfig(preset="tiny", still_clips=2.0))
 
 
-def test_renderer_only_training_keeps_the_tokens() -> None:
+@pytest.mark.parametrize("action_dim", [0, 2])
+def test_renderer_only_training_keeps_the_tokens(action_dim: int) -> None:
     torch.manual_seed(0)
-    model = DeltaTask(DeltaTrainConfig(preset="tiny", renderer_only=True)).build_model()
+    cfg = DeltaTrainConfig(preset="tiny", renderer_only=True, model={"action_dim": action_dim})
+    model = DeltaTask(cfg).build_model()
     frames = clip(t=4)
-    before = model.encode(frames)
+    controls = torch.randn(2, 4, action_dim) if action_dim else None
+    before = model.encode(frames, controls)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-2)
     for _ in range(3):
         opt.zero_grad()
-        model.loss(frames).loss.backward()
+        model.loss(frames, controls).loss.backward()
         opt.step()
-    assert torch.equal(model.encode(frames), before)
+    assert torch.equal(model.encode(frames, controls), before)
     assert not any(p.requires_grad for p in model.change_encoder.parameters())
     assert model.out.weight.requires_grad and float(model.out.weight.detach().abs().sum()) > 0
 

@@ -47,7 +47,12 @@ def test_the_shipped_world_is_the_packed_release_of_the_checkpoints() -> None:
 
 def test_the_driving_world_is_the_packed_release_steered_by_wheel_and_pedals() -> None:
     world = shipped_world("carracing")
-    assert_packed_from(world, "delta_carracing", "dynamics_delta_carracing")
+    assert_packed_from(
+        world, "delta_carracing_controls_flow", "dynamics_delta_carracing_controls_flow"
+    )
+    # The renderer is told the 3 controls and takes the view's motion from them alone.
+    tokenizer_cfg = json.loads((world / "tokenizer" / "config.json").read_text())["cfg"]
+    assert tokenizer_cfg["action_dim"] == 3 and tokenizer_cfg["flow_from_tokens"] is False
     space = read_world_spec(world).action_space
     assert space.type == "continuous" and space.names == ["steer", "gas", "brake"]
     assert (space.low, space.high) == ([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0])

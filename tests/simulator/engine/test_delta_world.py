@@ -77,3 +77,58 @@ def test_the_world_folder_round_trips(models, tmp_path) -> None:
     torch.testing.assert_close(
         loaded.rollout(prompt(), [1, 2, 3], seed=0), original.rollout(prompt(), [1, 2, 3], seed=0)
     )
+
+
+def driving_world() -> tuple[DeltaTokenizer, DynamicsModel]:
+    """A tiny world steered by 2 continuous controls whose renderer is told them too."""
+    torch.manual_seed(0)
+    tokenizer = DeltaTokenizer(delta_tokenizer_preset("tiny", action_dim=2)).eval()
+    with torch.no_grad():
+        for p in tokenizer.out.parameters():
+            p.normal_(0, 0.1)
+    dynamics = DynamicsModel(
+        dynamics_preset(
+            "tiny", num_codes=tokenizer.num_codes, grid=2, action_sources=["continuous"],
+            continuous_dim=2,
+        )
+    )  # fmt: skip
+    return tokenizer, dynamics
+
+
+def test_a_renderer_told_the_controls_is_told_each_step(monkeypatch) -> None:
+    tokenizer, dynamics = driving_world()
+    sim = engine((tokenizer, dynamics))
+    told, render = [], tokenizer.decode_step
+
+    def spy(tokens, state, observed=None, action=None):
+        told.append(action)
+        return render(tokens, state, observed, action)
+
+    controls = torch.tensor([[[0.5, -1.0], [-0.25, 1.0]]]).expand(B, -1, -1)  # (B, A, 2)
+    monkeypatch.setattr(tokenizer, "decode_step", spy)
+    sim.rollout(prompt(), controls, seed=0)
+    assert len(told) == 2
+    assert all(torch.equal(a, c) for a, c in zip(told, controls.unbind(1), strict=True))
+    clip = torch.rand(B, 3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    tokens = sim.encode(clip, controls)  # encoded with the controls between the frames
+    assert torch.equal(tokens, tokenizer.encode(clip, controls))
+    with pytest.raises(ValueError, match="pass the actions"):
+        sim.encode(clip)
+    states = [sim.reset(prompt()[i : i + 1], seed=i) for i in range(B)]
+    stacked = sim.step_many(states, controls[:, 0].tolist())  # rendered one world at a time
+    assert all(torch.equal(a, c) for a, c in zip(told[-B:], controls[:, :1], strict=True))
+    assert [f.shape for f, _ in stacked] == [(1, 3, SIZE, SIZE)] * B
+
+
+def test_a_renderer_told_other_controls_than_the_dynamics_is_refused() -> None:
+    tokenizer, _ = driving_world()
+    other = DynamicsModel(
+        dynamics_preset(
+            "tiny", num_codes=tokenizer.num_codes, grid=2, action_sources=["continuous"],
+            continuous_dim=3,
+        )
+    )  # fmt: skip
+    with pytest.raises(
+        ValueError, match="told 2 continuous controls a frame but the dynamics takes 3"
+    ):
+        WorldSimulator(tokenizer, other)

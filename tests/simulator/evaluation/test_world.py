@@ -50,7 +50,7 @@ class FakeTokenizer(nn.Module):
     num_codes = K
     cfg = SimpleNamespace(image_size=SIDE, max_frames=16, grid=GRID)
 
-    def encode(self, frames_BTCHW: Tensor) -> Tensor:
+    def encode(self, frames_BTCHW: Tensor, actions=None) -> Tensor:
         quadrants = F.avg_pool2d(rearrange(frames_BTCHW, "b t c h w -> (b t) c h w"), SIDE // 2)
         levels = ((quadrants.mean(dim=1) + 1) / 2 * (K - 1)).round().long()
         return rearrange(levels, "(b t) h w -> b t h w", b=frames_BTCHW.shape[0])
@@ -60,14 +60,18 @@ class FakeTokenizer(nn.Module):
         up = repeat(pixels, "b t h w -> b t c (h p) (w q)", c=3, p=SIDE // 2, q=SIDE // 2)
         return up.contiguous()
 
-    def start(self, frames_BTCHW: Tensor, hop=None, cached=True) -> tuple[Tensor, Tensor, None]:
+    def start(
+        self, frames_BTCHW, hop=None, cached=True, actions=None
+    ) -> tuple[Tensor, Tensor, None]:
         tokens = self.encode(frames_BTCHW)
         return tokens, self.decode(tokens), None  # frames decode independently: no state
 
-    def reconstruct(self, frames_BTCHW: Tensor, tokens_BThw=None) -> Tensor:
+    def reconstruct(self, frames_BTCHW: Tensor, tokens_BThw=None, actions=None) -> Tensor:
         return self.decode(self.encode(frames_BTCHW) if tokens_BThw is None else tokens_BThw)
 
-    def decode_step(self, tokens_Bhw: Tensor, state: None, observed=None) -> tuple[Tensor, None]:
+    def decode_step(
+        self, tokens_Bhw, state: None, observed=None, action=None
+    ) -> tuple[Tensor, None]:
         return self.decode(tokens_Bhw[:, None])[:, 0], state
 
 
