@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 from webdataset.writer import TarWriter
 
 from data_pipeline.config import ShardConfig
@@ -39,6 +38,7 @@ from data_pipeline.manifest import (
 from data_pipeline.schema import ActionSpace, encode_sample
 from data_pipeline.sources import WorkUnit, resolve_sources
 from worldsim.io.files import PARTIAL, file_sha256, write_json
+from worldsim.io.progress import progress
 
 # Options that decide how the job runs, not which bytes it writes; everything else is recorded
 # in `<split>.job.json` and must match on a rerun into the same folder and split.
@@ -299,9 +299,8 @@ def run_shard_job(cfg: ShardConfig) -> JobSummary:
     pending = [t for t in tasks if t.index not in records]
     skipped = len(records)
     clips = sum(r.count for r in records.values())
-    # disable=None: a bar on a terminal, none in logs (where its carriage returns pile up).
-    bar = tqdm(total=len(tasks), initial=skipped, unit="shard", desc=f"shard {cfg.split}",
-               disable=None)  # fmt: skip
+    # A bar on a terminal, a line a minute in logs (worldsim/io/progress.py).
+    bar = progress(total=len(tasks), initial=skipped, unit="shard", desc=f"shard {cfg.split}")
     with bar:
         bar.set_postfix(clips=clips)
         for record in ENGINES[cfg.engine](pending, cfg):

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from data_pipeline.loader import ShardLoader
 from tokenizer.delta import DeltaState, DeltaTokenizer
 from tokenizer.model import frame_psnr
+from worldsim.io.progress import progress
 
 
 @dataclass
@@ -103,7 +103,7 @@ def evaluate_delta_tokenizer(
     still: dict[int, float] = {}
     still_clips = 0
     used = torch.zeros(model.num_codes, dtype=torch.bool)
-    for i, batch in enumerate(tqdm(loader, desc="eval delta tokenizer", disable=None)):
+    for i, batch in enumerate(progress(loader, desc="eval delta tokenizer")):
         if max_batches is not None and i >= max_batches:
             break
         x, actions = batch.frames, batch.actions if model.cfg.action_dim else None

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torchmetrics.functional.image import structural_similarity_index_measure
-from tqdm.auto import tqdm
 
 from data_pipeline.loader import ShardLoader
 from tokenizer.model import VideoTokenizer, frame_psnr
 from worldsim.io.files import write_json
 from worldsim.io.media import to_uint8_clips, write_grid_png
+from worldsim.io.progress import progress
 
 
 @dataclass
@@ -85,7 +85,7 @@ def evaluate_tokenizer(
     side = bicubic_side(bits)
     sums = {"psnr": 0.0, "ssim": 0.0, "bicubic_psnr": 0.0, "bicubic_ssim": 0.0}
     clips = frames_seen = 0
-    for i, batch in enumerate(tqdm(loader, desc="eval tokenizer", unit="batch", disable=None)):
+    for i, batch in enumerate(progress(loader, desc="eval tokenizer", unit="batch")):
         if max_batches is not None and i >= max_batches:
             break
         frames = batch.frames  # (B, T, C, H, W)

@@ -21,7 +21,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 from webdataset.writer import TarWriter
 
 from data_pipeline.loader import collate
@@ -46,6 +45,7 @@ from data_pipeline.token_shards import (
 )
 from tokenizer.registry import AnyTokenizer
 from worldsim.io.files import PARTIAL, file_sha256, write_json
+from worldsim.io.progress import progress
 
 
 class LatentActionEncoder(Protocol):
@@ -370,7 +370,7 @@ def tokenize_shards(
         lam.eval()
     with (
         torch.no_grad(),
-        tqdm(total=len(sources), initial=skipped, unit="shard", disable=None) as bar,
+        progress(total=len(sources), initial=skipped, unit="shard") as bar,
     ):
         bar.set_description(f"tokenize {split}")
         for src in (s for s in sources if s.index not in records):

@@ -31,11 +31,11 @@ import numpy as np
 import scipy.linalg
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from simulator.evaluation.i3d_weights import I3D_SHA256, default_cache_dir
 from simulator.evaluation.videos import VideoSet, iter_videos
 from worldsim.io.files import write_atomic
+from worldsim.io.progress import progress
 
 RESOLUTION = 224
 MIN_CLIPS = 400  # below this the 400x400 covariance is singular and FVD is biased upwards
@@ -145,7 +145,7 @@ def i3d_features(
     device = next(model.parameters()).device
     out: list[np.ndarray] = []
     batch: list[np.ndarray] = []
-    bar = tqdm(desc=desc, unit="clip", disable=None)
+    bar = progress(desc=desc, unit="clip")
     for clip in itertools.chain(clips, [None]):  # None flushes the last batch
         if clip is not None:
             batch.append(clip)

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from data_pipeline.loader import Batch
 from simulator.engine.sampling_config import SamplingConfig
@@ -67,6 +66,7 @@ from simulator.models.lam import LatentActionModel
 from simulator.world.spec import WorldActionSpace, WorldSpec, discrete_space
 from tokenizer.registry import AnyTokenizer
 from worldsim.io.media import to_uint8_clips
+from worldsim.io.progress import progress
 
 # Stream -> the engine that plays it: "latent", or "true" (the game's discrete ids or its
 # continuous controls, whichever the dynamics takes).
@@ -193,7 +193,7 @@ def evaluate_world(
     meters = _Meters(idm, i3d if cfg.fvd_clips else None)
     counts = torch.zeros(lam.num_actions if lam is not None else 0, dtype=torch.int64)
     pairs: list[Tensor] = []  # (N, 2) (latent id, true discrete id) of transitions
-    for i, batch in enumerate(tqdm(loader, desc="eval world", unit="batch", disable=None)):
+    for i, batch in enumerate(progress(loader, desc="eval world", unit="batch")):
         if cfg.max_batches is not None and i >= cfg.max_batches:
             break
         streams = _streams(engines, lam, batch, cfg, i)
