@@ -17,9 +17,11 @@ it halves the frame rate. Its start frames are from held-out levels, ten of all 
 of the single `easy` theme (README, "Evaluation").
 
 The CarRacing world ("carracing": `worldsim play --world carracing`) is the packed release of
-checkpoints/delta_carracing and checkpoints/dynamics_delta_carracing: the same delta design,
-steered by continuous [steer, gas, brake], trained on 1000 tracks driven along the road
-(data_pipeline/driving.py); its start frames are the first frames of 8 held-out tracks.
+checkpoints/delta_carracing_controls_flow and checkpoints/dynamics_delta_carracing_controls_flow:
+the same delta design, steered by continuous [steer, gas, brake], with a renderer that is told
+the controls and moves the view by them; trained on 1000 tracks driven along the road
+(data_pipeline/driving.py). Its start frames are the first frames of 8 held-out tracks and
+mid-drive views of 8 more.
 """
 
 from __future__ import annotations
