@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -163,12 +162,6 @@ def _eval_delta_tokenizer(model: Any, loader: Any, args: argparse.Namespace) -> 
     return 0
 
 
-def _reconstruct(tokenizer: Any, frames: Any, actions: Any) -> Any:
-    """A tokenizer's render of real frames from their own tokens (and controls, for a renderer
-    told them), as `idm_accuracy` calls it."""
-    return tokenizer.reconstruct(frames, actions=actions)
-
-
 def _eval_idm(args: argparse.Namespace) -> int:
     from data_pipeline.loader import LoaderConfig, ShardLoader
     from simulator.evaluation.controllability import idm_accuracy
@@ -182,8 +175,7 @@ def _eval_idm(args: argparse.Namespace) -> int:
     if args.tokenizer:
         from tokenizer.registry import load_tokenizer
 
-        tokenizer = load_tokenizer(args.tokenizer).to(args.device).eval()
-        reconstruct = partial(_reconstruct, tokenizer)
+        reconstruct = load_tokenizer(args.tokenizer).to(args.device).eval().reconstruct
         out = Path(args.tokenizer) / f"idm_{args.split}.json"
     report = idm_accuracy(idm, loader, args.max_batches, reconstruct)
     print(report.render())

@@ -231,7 +231,8 @@ class DeltaTokenizer(PretrainedModel):
             action_BD = self._check_actions(given, cond_BD.shape[0], (1,))[:, 0]
             cond_BD = torch.cat([cond_BD, action_BD.to(cond_BD.dtype)], dim=1)
         motion_BD = cond_BD = self.cond(cond_BD)
-        if self.motion is not None and action_BD is not None:
+        if self.motion is not None:  # validated: a flow kept from the tokens has controls
+            assert action_BD is not None
             motion_BD = self.motion(action_BD.to(cond_BD.dtype))
         full = self.in_full(torch.cat([previous_BCHW, current_BCHW], dim=1))
         half = self.in_half(full)

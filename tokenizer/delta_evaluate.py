@@ -111,7 +111,7 @@ def evaluate_delta_tokenizer(
         teacher = model.loss(x, actions, closed_loop=0.0).recon[:, 1:]
         guesses = {
             "model": teacher.clamp(-1, 1), "copy": x[:, :-1], "first": x[:, :1].expand_as(real),
-            **_closed_loop_renders(model, x, actions),
+            **_closed_loop_renders(model, x, actions, used),
         }  # fmt: skip
         for name, guess in guesses.items():
             sq[name] = sq.get(name, 0.0) + float((guess - real).pow(2).mean(dim=(2, 3, 4)).sum())
@@ -120,7 +120,6 @@ def evaluate_delta_tokenizer(
             for step, error in still_scene_errors(model, x[:, 0]).items():
                 still[step] = still.get(step, 0.0) + error
             still_clips += x.shape[0]
-        used[model.encode(x, actions).flatten().unique()] = True
         clips, frames = clips + x.shape[0], frames + real.shape[0] * real.shape[1]
     if not frames:
         raise ValueError("evaluation data yielded no clips")
@@ -145,12 +144,14 @@ def evaluate_delta_tokenizer(
 
 
 def _closed_loop_renders(
-    model: DeltaTokenizer, frames_BTCHW: Tensor, actions: Tensor | None
+    model: DeltaTokenizer, frames_BTCHW: Tensor, actions: Tensor | None, used: Tensor
 ) -> dict[str, Tensor]:
     """Frames 1.. rendered from frame 0 on the renderer's own outputs: with the clip's tokens
     ("closed") and, for a renderer told the controls, with the next clip's controls
-    ("other_controls") and with "no change" tokens and the clip's controls ("controls_only")."""
+    ("other_controls") and with "no change" tokens and the clip's controls ("controls_only").
+    The codes the clip's tokens use are marked in `used`."""
     tokens = model.encode(frames_BTCHW, actions)
+    used[tokens.flatten().unique()] = True
     out = {"closed": model.reconstruct(frames_BTCHW, tokens, actions)[:, 1:]}
     if actions is not None:
         still = tokens[:, :1].expand_as(tokens)

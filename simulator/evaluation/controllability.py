@@ -229,11 +229,12 @@ def idm_accuracy(
     idm: InverseDynamicsModel,
     loader: Iterable[Batch],
     max_batches: int | None = None,
-    reconstruct: Callable[[Tensor, Tensor], Tensor] | None = None,
+    reconstruct: Callable[[Tensor, Tensor | None, Tensor], Tensor] | None = None,
 ) -> IDMReport | RegressionReport:
     """The IDM's agreement with the true actions of real clips, on mismatched pairs and, given
-    a tokenizer's `reconstruct` ((frames, actions) -> frames rendered from frame 0 and their own
-    tokens, the actions read by a renderer told the controls), on those renders."""
+    a tokenizer's `reconstruct` ((frames, tokens or None, actions) -> frames rendered from frame
+    0 and their own tokens, the actions read by a renderer told the controls), on those
+    renders."""
     idm.eval()
     meter = meter_for(idm)
     device = next(idm.parameters()).device
@@ -243,7 +244,7 @@ def idm_accuracy(
         frames, actions = batch.frames.to(device), batch.actions[:, :-1]
         meter.add(REAL, frames, actions)
         if reconstruct is not None:
-            meter.add(RECONSTRUCTED, reconstruct(frames, batch.actions.to(device)), actions)
+            meter.add(RECONSTRUCTED, reconstruct(frames, None, batch.actions.to(device)), actions)
     real, floor = meter.agreement(REAL), meter.agreement(FLOOR)
     if real is None or floor is None:
         raise ValueError("the IDM evaluation needs batches of at least 2 clips with actions")

@@ -79,7 +79,7 @@ def test_train_save_resume_and_predict(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "tok" / "idm_test.json").read_text())
     assert report["reconstructed"]["accuracy"] < report["real"]["accuracy"] - 0.2, report
     loader = ShardLoader(LoaderConfig().for_eval(str(tmp_path), "test", batch_size=8))
-    perfect = idm_accuracy(model, loader, reconstruct=lambda frames, actions: frames)
+    perfect = idm_accuracy(model, loader, reconstruct=lambda frames, tokens, actions: frames)
     assert perfect.reconstructed == perfect.real
 
 
