@@ -85,7 +85,7 @@ class PlaySession:
             frame, state = self.engine.step(self.state, [action], sampling=sampling)
             self.last_step_s, self.last_batch = time.perf_counter() - began, 1
         else:
-            stepped = self.batcher.step(self.state, action, sampling)
+            stepped = self.batcher.step(self.state, action, sampling, who=self)
             frame, state = stepped.frame_BCHW, stepped.state
             self.last_step_s, self.last_batch = stepped.seconds, stepped.batch
         self.history.append(state)

@@ -2,10 +2,11 @@
 
 Players of the app each hold a state of one world. Stepping them one forward pass each wastes
 the CPU on fixed costs (measured on 2 cores with the shipped world: 26 ms for one world, 39 ms
-for four). States whose tensors have the same shapes (the same window length and caches: every
-session whose window has filled, or that started at the same time) stack along the batch axis
-and step as one; each keeps its own random generator, so its frames are what it would have
-made alone.
+for four). States whose tensors have the same shapes (the same window length and caches) stack
+along the batch axis; the stacks of different window lengths then step together too, each
+attending over its own cache (`STTransformer.forward_cached_many`), so players whose windows
+are at different points of their jumps still share one pass. Each world keeps its own random
+generator, so its frames are what it would have made alone.
 
 A state is a tree of dataclasses (the world state, the tokenizer's decoder state) whose leaves
 are tensors with the batch first, KV caches with (batch * tokens) rows first, and plain values

@@ -7,7 +7,9 @@ context each step: the ground truth. With `kv_cache=True` it keeps the context's
 keys/values (`prefill_cache`, `sample_next_frame_cached`, `commit_frame`, which the interactive
 engine in simulator/engine/world_simulator.py uses too) and runs the same `unmask_frame` loop on
 cached logits, so a step costs one frame; with query-by-query attention
-(`worldsim.nn.attention.set_query_by_query`) both give identical tokens.
+(`worldsim.nn.attention.set_query_by_query`) both give identical tokens. Worlds whose windows
+differ in length (the app's players) sample and commit in one pass through
+`sample_next_frames_cached` and `commit_frames`.
 
 Unmasking order: "random" (the default) keeps uniformly chosen positions; "confidence" keeps the
 sampled tokens the model was surest of, as in MaskGIT. On video, confidence order tends to copy the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -114,21 +117,54 @@ def sample_next_frame_cached(
 ) -> Tensor:
     """`sample_next_frame` for the frame after the `cache.length` cached frames: tokens (B, h, w).
     `actions` are indexed from the window's first frame and hold A == cache.length."""
-    g, position = model.grid, cache.length
-    _check_action_count(actions, position, "one per cached frame, the last leads to the new one")
-    if position + 1 > model.cfg.max_frames:
-        raise ValueError(f"{position} cached frames leave no room within max_frames")
+    return sample_next_frames_cached(model, [CachedWindow(cache, actions)], cfg, generator)
+
+
+@dataclass(frozen=True)
+class CachedWindow:
+    """One group of worlds whose windows have the same length: their cache and actions (indexed
+    from the window's first frame, A == cache.length: the last leads to the new frame)."""
+
+    cache: KVCache
+    actions: ActionInputs
+
+    @property
+    def position(self) -> int:  # the new frame's temporal position
+        return self.cache.length
+
+
+def sample_next_frames_cached(
+    model: DynamicsModel,
+    windows: Sequence[CachedWindow],
+    cfg: SamplingConfig,
+    generator: Generators,
+) -> Tensor:
+    """The next frame's tokens (B, h, w) of groups of worlds whose windows differ in length (the
+    batch is the groups in order), sampled in one pass per MaskGIT step: each group is embedded at
+    its own temporal position and attends over its own cache (STTransformer.forward_cached_many).
+    With one generator per world, a world's tokens are those it samples alone."""
+    g = model.grid
+    for window in windows:
+        why = "one per cached frame, the last leads to the new one"
+        _check_action_count(window.actions, window.position, why)
+        if window.position + 1 > model.cfg.max_frames:
+            raise ValueError(f"{window.position} cached frames leave no room within max_frames")
+    sizes = [_worlds(model, w.cache) for w in windows]
+    caches = [w.cache for w in windows]
 
     def logits(frame_BN: Tensor, masked_BN: Tensor, free: bool) -> Tensor:
         new_B1hw = rearrange(frame_BN, "b (h w) -> b 1 h w", h=g)
         mask_B1hw = rearrange(masked_BN, "b (h w) -> b 1 h w", h=g)
-        x_B1ND = model.embed(new_B1hw, mask_B1hw, actions, position, drop_last_action=free)
-        hidden_B1ND = model.transformer.forward_cached(x_B1ND, cache, commit=False)[0]
+        parts = zip(new_B1hw.split(sizes), mask_B1hw.split(sizes), windows, strict=True)
+        x_B1ND = torch.cat(
+            [model.embed(new, mask, w.actions, w.position, free) for new, mask, w in parts]
+        )
+        hidden_B1ND = model.transformer.forward_cached_many(x_B1ND, caches, commit=False)[0]
         return model.head(hidden_B1ND[:, 0]).float()
 
-    b = cache.storage.keys[0].shape[0] // (g * g)
-    device = cache.storage.keys[0].device
-    frame_BN = unmask_frame(guided(logits, cfg.guidance, model), b, g * g, device, cfg, generator)
+    device = caches[0].storage.keys[0].device
+    logits_fn = guided(logits, cfg.guidance, model)
+    frame_BN = unmask_frame(logits_fn, sum(sizes), g * g, device, cfg, generator)
     return rearrange(frame_BN, "b (h w) -> b h w", h=g)
 
 
@@ -136,8 +172,28 @@ def commit_frame(
     model: DynamicsModel, cache: KVCache, tokens_Bhw: Tensor, actions: ActionInputs
 ) -> KVCache:
     """`cache` extended by the final tokens (B, h, w) of its next frame."""
-    x_B1ND = model.embed(tokens_Bhw[:, None], None, actions, start_frame=cache.length)
-    return model.transformer.forward_cached(x_B1ND, cache, commit=True)[1]
+    return commit_frames(model, [CachedWindow(cache, actions)], tokens_Bhw)[0]
+
+
+def commit_frames(
+    model: DynamicsModel, windows: Sequence[CachedWindow], tokens_Bhw: Tensor
+) -> list[KVCache]:
+    """Each window's cache extended by its worlds' final tokens (rows of `tokens_Bhw` in the
+    order of the windows), in one pass."""
+    sizes = [_worlds(model, w.cache) for w in windows]
+    x_B1ND = torch.cat(
+        [
+            model.embed(tokens[:, None], None, w.actions, start_frame=w.position)
+            for tokens, w in zip(tokens_Bhw.split(sizes), windows, strict=True)
+        ]
+    )
+    caches = [w.cache for w in windows]
+    return model.transformer.forward_cached_many(x_B1ND, caches, commit=True)[1]
+
+
+def _worlds(model: DynamicsModel, cache: KVCache) -> int:
+    """Worlds in a dynamics cache: its buffer rows are their grid * grid token positions."""
+    return cache.storage.keys[0].shape[0] // model.grid**2
 
 
 # (frame_BN, masked_BN, free) -> logits as LogitsFn; free=True hides the new frame's action.

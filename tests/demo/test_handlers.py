@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import demo.batcher
 import demo.uploads
 from demo.handlers import PlayHandlers
 from demo.uploads import PlayError
@@ -159,6 +160,22 @@ def test_players_who_step_at_once_share_one_engine_call(handlers: PlayHandlers) 
     for session, frame in zip(sessions, expected, strict=True):
         assert np.array_equal(session.frame, to_uint8_clips(frame[0]))
     assert "3 players at once" in handlers.view(sessions[0]).status
+
+
+def test_a_step_waits_for_the_other_players_stepping_lately(handlers, monkeypatch) -> None:
+    """Two players stepping by turns would never share a call: the leader waits for the
+    player who stepped lately (here up to a generous 5 s) and both step together."""
+    a, b = (handlers.start_builtin(i, SETTINGS, player=str(i))[0] for i in range(2))
+    handlers.step(2, a, SETTINGS)
+    handlers.step(2, b, SETTINGS)  # both stepping lately (b waited GATHER_S for a in vain)
+    monkeypatch.setattr(demo.batcher, "GATHER_S", 5.0)
+    leader = threading.Thread(target=handlers.step, args=(2, a, SETTINGS))
+    leader.start()
+    while not handlers.batcher._waiting and leader.is_alive():  # a asks first, waits for b
+        threading.Event().wait(0.01)
+    handlers.step(2, b, SETTINGS)
+    leader.join()
+    assert (a.last_batch, b.last_batch) == (2, 2)
 
 
 def test_downloads_hold_every_frame_as_mp4_and_gif(handlers: PlayHandlers) -> None:

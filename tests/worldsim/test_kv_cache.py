@@ -103,6 +103,22 @@ def test_caches_are_values_copy_on_write(model: STTransformer) -> None:
             )
 
 
+def test_caches_of_different_lengths_step_in_one_pass(model: STTransformer) -> None:
+    x, y = frames(b=1), frames(b=2, seed=1)  # a world with 3 frames cached, two with 6
+    with torch.no_grad():
+        short = model.forward_cached(x[:, :3], model.empty_cache(N, 16, torch.float32, "cpu"),
+                                     commit=True)[1]  # fmt: skip
+        long = model.forward_cached(y[:, :6], model.empty_cache(2 * N, 16, torch.float32, "cpu"),
+                                    commit=True)[1]  # fmt: skip
+        new = torch.cat([x[:, 3:4], y[:, 6:7]])
+        out, (short2, long2) = model.forward_cached_many(new, [short, long], commit=True)
+        assert torch.equal(out[:1], model.forward_cached(x[:, 3:4], short, commit=False)[0])
+        assert torch.equal(out[1:], model.forward_cached(y[:, 6:7], long, commit=False)[0])
+        assert (short2.length, long2.length) == (4, 7)
+        with pytest.raises(ValueError, match="hold 8 token rows for a batch of 12"):
+            model.forward_cached_many(new, [long], commit=False)
+
+
 def test_query_by_query_changes_no_result(model: STTransformer) -> None:
     x = frames()
     with torch.no_grad():

@@ -25,6 +25,9 @@ from torch import Tensor, nn
 from worldsim.nn.attention import KeyValue, MultiHeadAttention
 from worldsim.nn.kv_cache import KVCache
 
+# One cache's buffers for one block, and how many frames they hold: (keys, values, length).
+CacheSlots = tuple[Tensor, Tensor, int]
+
 
 class MLP(nn.Sequential):
     def __init__(self, dim: int, ratio: float) -> None:
@@ -67,14 +70,21 @@ class STBlock(nn.Module):
         h, kv = self.time.forward_with_kv(h, past)
         return self._mlp(x_BTND, h), kv
 
-    def forward_into(
-        self, x_BTND: Tensor, key_buffer: Tensor, value_buffer: Tensor, length: int
-    ) -> Tensor:
-        """The new frames after `length` cached ones, whose temporal keys/values sit in
-        preallocated buffers (B * N, heads, capacity, head_dim); writes the new frames' own
-        keys/values to the slots after `length`."""
+    def forward_into(self, x_BTND: Tensor, slots: Sequence[CacheSlots]) -> Tensor:
+        """The new frames after cached ones, whose temporal keys/values sit in preallocated
+        buffers (rows, heads, capacity, head_dim); writes the new frames' own keys/values to the
+        slots after each cache's `length`. The batch is split in order among `slots`, a cache
+        each (its buffers' rows are its worlds' B_i * N tokens): every group attends over its
+        own past, so worlds with windows of different lengths step in one pass, and everything
+        else (spatial attention, MLP) runs on the whole batch."""
         x_BTND, h = self._space(x_BTND)
-        return self._mlp(x_BTND, self.time.forward_into(h, key_buffer, value_buffer, length))
+        outs, row = [], 0
+        for key_buffer, value_buffer, length in slots:
+            group, row = h[row : row + key_buffer.shape[0]], row + key_buffer.shape[0]
+            outs.append(self.time.forward_into(group, key_buffer, value_buffer, length))
+        if row != h.shape[0]:
+            raise ValueError(f"the caches hold {row} token rows for a batch of {h.shape[0]}")
+        return self._mlp(x_BTND, outs[0] if len(outs) == 1 else torch.cat(outs))
 
     def _space(self, x_BTND: Tensor) -> tuple[Tensor, Tensor]:
         """Spatial attention with its residual, and the normed input of the temporal attention
@@ -153,10 +163,22 @@ class STTransformer(nn.Module):
         """Frames cache.length .. cache.length + T - 1 given the cached earlier ones. With
         `commit` the returned cache also holds the new frames; without, it is `cache` again and
         the new frames' keys/values were scratch (a MaskGIT iteration on a frame not yet final)."""
-        if cache.layers != len(self.blocks):
-            raise ValueError(f"the cache has {cache.layers} layers for {len(self.blocks)} blocks")
-        cache = cache.writable()
+        out, (cache,) = self.forward_cached_many(x_BTND, [cache], commit=commit)
+        return out, cache
+
+    def forward_cached_many(
+        self, x_BTND: Tensor, caches: Sequence[KVCache], *, commit: bool
+    ) -> tuple[Tensor, list[KVCache]]:
+        """`forward_cached` for a batch split in order among `caches` of any lengths (worlds
+        whose windows differ): one pass, each group after its own cache's frames."""
+        for cache in caches:
+            if cache.layers != len(self.blocks):
+                raise ValueError(
+                    f"the cache has {cache.layers} layers for {len(self.blocks)} blocks"
+                )
+        caches = [cache.writable() for cache in caches]
         for i, block in enumerate(self.blocks):
-            x_BTND = cast(STBlock, block).forward_into(x_BTND, *cache.layer(i), cache.length)
-        out = self.norm(x_BTND)
-        return out, cache.advanced(x_BTND.shape[1]) if commit else cache
+            slots = [(*cache.layer(i), cache.length) for cache in caches]
+            x_BTND = cast(STBlock, block).forward_into(x_BTND, slots)
+        out, t = self.norm(x_BTND), x_BTND.shape[1]
+        return out, [cache.advanced(t) if commit else cache for cache in caches]

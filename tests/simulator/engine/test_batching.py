@@ -98,3 +98,22 @@ def test_bad_batches_are_named(sim: WorldSimulator) -> None:
         sim.step_many([two], [1])
     with pytest.raises(ValueError, match="outside the action space"):
         sim.step_many([one], [LATENT])
+
+
+def test_worlds_whose_windows_differ_share_each_dynamics_pass(sim: WorldSimulator) -> None:
+    states = [sim.reset(frame(i), seed=i) for i in range(3)]
+    for i in (1, 2):  # windows of 1, 2 and 3 frames: three stacks
+        for _ in range(i):
+            states[i] = sim.step(states[i], 1)[1]
+    batches: list[int] = []
+    hook = sim.dynamics.to_logits.register_forward_hook(
+        lambda _module, args, _out: batches.append(args[0].shape[0])
+    )
+    try:
+        sim.step(states[0], 0)
+        alone = len(batches)
+        batches.clear()
+        sim.step_many(states, [0, 1, 2])
+    finally:
+        hook.remove()
+    assert batches == [3] * alone  # one pass per MaskGIT step, every world in it
