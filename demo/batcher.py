@@ -89,6 +89,11 @@ class StepBatcher:
         frame, new = request.result
         return Stepped(frame, new, request.seconds, request.batch)
 
+    def stopped(self, who: object) -> None:
+        """`who` stopped stepping (its keys were let go): nobody waits for it any more."""
+        with self._mutex:
+            self._stepped.pop(id(who), None)
+
     def _gather(self) -> None:
         """Wait (up to GATHER_S) until every player stepping lately has asked."""
         now = time.perf_counter()

@@ -143,6 +143,7 @@ class PlayHandlers:
         while True:
             action = self._next_action(session, self.keys.get(player, (0, ""))[1])
             if action is None:
+                self.batcher.stopped(session)
                 return
             with session.lock:
                 if session.closed:
@@ -222,6 +223,7 @@ class PlayHandlers:
         self.keys.pop(player, None)
         session = self.players.pop(player, None)
         if session is not None:
+            self.batcher.stopped(session)
             session.close()
 
     # -- showing ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -176,6 +177,15 @@ def test_a_step_waits_for_the_other_players_stepping_lately(handlers, monkeypatc
     handlers.step(2, b, SETTINGS)
     leader.join()
     assert (a.last_batch, b.last_batch) == (2, 2)
+    monkeypatch.setattr(demo.batcher, "GATHER_S", 0.004)
+    stream = handlers.hold("right", b, SETTINGS, "1")
+    next(stream)
+    handlers.set_keys("", "1")
+    assert list(stream) == []  # b let go: a steps alone at once, without waiting 5 s for b
+    monkeypatch.setattr(demo.batcher, "GATHER_S", 5.0)
+    began = time.perf_counter()
+    handlers.step(2, a, SETTINGS)
+    assert a.last_batch == 1 and time.perf_counter() - began < 2.5
 
 
 def test_downloads_hold_every_frame_as_mp4_and_gif(handlers: PlayHandlers) -> None:
