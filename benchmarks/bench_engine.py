@@ -33,7 +33,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from simulator.engine.sampling import SamplingConfig
-from simulator.engine.world_simulator import EngineConfig, WorldSimulator, WorldState
+from simulator.engine.state import EngineConfig, WorldState
+from simulator.engine.world_simulator import WorldSimulator
 from simulator.models.dynamics import DynamicsModel
 from simulator.models.dynamics_config import dynamics_preset
 from tokenizer.config import tokenizer_preset

@@ -71,7 +71,8 @@ def _eval_keys(args: argparse.Namespace) -> int:
     import torch
 
     from data_pipeline.loader import LoaderConfig, ShardLoader
-    from simulator.engine.world_simulator import EngineConfig, WorldSimulator
+    from simulator.engine.state import EngineConfig
+    from simulator.engine.world_simulator import WorldSimulator
     from simulator.evaluation.keys import write_held_keys
 
     engine = WorldSimulator.from_pretrained(args.world, EngineConfig(device=args.device))
@@ -94,7 +95,8 @@ def _eval_keys(args: argparse.Namespace) -> int:
 
 def _eval_world(args: argparse.Namespace) -> int:
     from data_pipeline.loader import LoaderConfig, ShardLoader
-    from simulator.engine.world_simulator import EngineConfig, WorldSimulator
+    from simulator.engine.state import EngineConfig
+    from simulator.engine.world_simulator import WorldSimulator
     from simulator.evaluation.figures import write_action_sheet
     from simulator.evaluation.world import WorldEvalConfig, evaluate_world
     from simulator.evaluation.world_report import write_world_outputs

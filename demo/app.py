@@ -36,7 +36,8 @@ import torch
 from demo.handlers import PlayHandlers, Settings
 from demo.uploads import IMAGE_SUFFIXES, MAX_UPLOAD_MB, PlayError
 from simulator.engine.prompt import VIDEO_SUFFIXES
-from simulator.engine.world_simulator import EngineConfig, WorldSimulator
+from simulator.engine.state import EngineConfig
+from simulator.engine.world_simulator import WorldSimulator
 
 STATIC = Path(__file__).parent / "static"
 IDLE_S = 900  # a session untouched this long is dropped (its world state and frames freed)

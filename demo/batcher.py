@@ -25,7 +25,8 @@ from torch import Tensor
 
 from simulator.engine.batching import groups
 from simulator.engine.sampling_config import SamplingConfig
-from simulator.engine.world_simulator import WorldSimulator, WorldState
+from simulator.engine.state import WorldState
+from simulator.engine.world_simulator import WorldSimulator
 
 MAX_BATCH = 16  # worlds in one call; more wait for the next
 # How long a leader waits for the other players who are stepping to ask again before it runs

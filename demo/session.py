@@ -18,7 +18,8 @@ import numpy as np
 
 from demo.batcher import StepBatcher
 from simulator.engine.sampling_config import SamplingConfig
-from simulator.engine.world_simulator import WorldSimulator, WorldState
+from simulator.engine.state import WorldState
+from simulator.engine.world_simulator import WorldSimulator
 from worldsim.io.media import to_uint8_clips
 
 MAX_UNDO = 32  # states kept for undo: each holds the model caches of a whole context window

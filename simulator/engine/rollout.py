@@ -76,7 +76,8 @@ def rollout(
     sampling = spec.sampling.override(steps=steps, temperature=temperature, guidance=guidance)
     prompt = prompt if prompt is not None else str(default_prompt(world))
     from simulator.engine.prompt import load_prompt, prompt_and_actions
-    from simulator.engine.world_simulator import EngineConfig, WorldSimulator
+    from simulator.engine.state import EngineConfig
+    from simulator.engine.world_simulator import WorldSimulator
     from worldsim.io.media import to_uint8_clips, write_video
 
     loaded = load_prompt(prompt)

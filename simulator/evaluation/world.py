@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from data_pipeline.loader import Batch
 from simulator.engine.sampling_config import SamplingConfig
-from simulator.engine.world_simulator import EngineConfig, WorldSimulator, WorldState
+from simulator.engine.state import EngineConfig, WorldState
+from simulator.engine.world_simulator import WorldSimulator
 from simulator.evaluation.action_check import ShuffleMeter
 from simulator.evaluation.actions import (
     ACTION_DRAW,

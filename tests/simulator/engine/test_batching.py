@@ -9,7 +9,8 @@ import torch
 
 from simulator.engine import batching
 from simulator.engine.sampling import SamplingConfig
-from simulator.engine.world_simulator import EngineConfig, WorldSimulator
+from simulator.engine.state import EngineConfig
+from simulator.engine.world_simulator import WorldSimulator
 from simulator.models.dynamics import DynamicsModel
 from simulator.models.dynamics_config import dynamics_preset
 from tokenizer.config import tokenizer_preset

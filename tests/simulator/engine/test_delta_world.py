@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from simulator.engine.sampling import SamplingConfig
-from simulator.engine.world_simulator import EngineConfig, WorldSimulator
+from simulator.engine.state import EngineConfig
+from simulator.engine.world_simulator import WorldSimulator
 from simulator.models.dynamics import DynamicsModel
 from simulator.models.dynamics_config import dynamics_preset
 from simulator.world.checkpoint import load_world, save_world

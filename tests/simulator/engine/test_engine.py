@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from simulator.engine.sampling import SamplingConfig, rollout_tokens
-from simulator.engine.world_simulator import EngineConfig, WorldSimulator, WorldState
+from simulator.engine.state import EngineConfig, WorldState
+from simulator.engine.world_simulator import WorldSimulator
 from simulator.models.dynamics import ActionInputs, DynamicsModel
 from simulator.models.dynamics_config import dynamics_preset
 from tokenizer.config import tokenizer_preset

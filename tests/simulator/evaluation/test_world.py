@@ -29,7 +29,8 @@ from commands.main import main
 from data_pipeline.loader import Batch
 from data_pipeline.schema import Clip, encode_sample
 from simulator.engine.sampling_config import SamplingConfig
-from simulator.engine.world_simulator import EngineConfig, WorldSimulator
+from simulator.engine.state import EngineConfig
+from simulator.engine.world_simulator import WorldSimulator
 from simulator.evaluation.figures import write_action_sheet
 from simulator.evaluation.world import WorldEvalConfig, evaluate_world
 from simulator.evaluation.world_report import WorldReport, write_world_outputs

@@ -19,7 +19,8 @@ from commands.main import main
 from simulator.engine.prompt import LoadedPrompt, prompt_and_actions
 from simulator.engine.rollout import rollout
 from simulator.engine.sampling_config import SamplingConfig
-from simulator.engine.world_simulator import EngineConfig, WorldSimulator
+from simulator.engine.state import EngineConfig
+from simulator.engine.world_simulator import WorldSimulator
 from simulator.models.dynamics import DynamicsModel
 from simulator.models.dynamics_config import dynamics_preset
 from simulator.world.checkpoint import load_world, pack_world, save_world
