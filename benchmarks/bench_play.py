@@ -136,11 +136,14 @@ def run_browser(url: str, began: float, seconds: float, engine_fps: float) -> No
         pages = [open_page(browser, url)]
         first_frame_s = time.perf_counter() - began
         first_key_ms = first_key(pages[0])
-        pages += [open_page(browser, url) for _ in range(max(PLAYERS) - 1)]
         (one,), generate_ms = hold(pages[:1], KEYS[:1], seconds)
         readout = pages[0].inner_text("#ws-fps")
-        crowds = {n: hold(pages[:n], [KEYS[i % len(KEYS)] for i in range(n)], seconds)[0]
-                  for n in PLAYERS}  # fmt: skip
+        crowds = {}
+        for n in PLAYERS:  # only the players' own pages are open: an idle Gradio page costs
+            # chromium about 4% of a core, so 8 open pages took a third of a core from 2 players
+            pages += [open_page(browser, url) for _ in range(n - len(pages))]
+            time.sleep(2)  # the new pages' own start-up (their legends) settles first
+            crowds[n] = hold(pages, [KEYS[i % len(KEYS)] for i in range(n)], seconds)[0]
         browser.close()
     print(f"command to first frame: {first_frame_s:.1f} s")
     print(f"first frame after the first key: {first_key_ms:.0f} ms "

@@ -95,6 +95,12 @@ class StepBatcher:
         with self._mutex:
             self._stepped.pop(id(who), None)
 
+    def alone(self, who: object) -> bool:
+        """Whether no player but `who` stepped lately."""
+        now = time.perf_counter()
+        with self._mutex:
+            return all(k == id(who) or now - t >= ACTIVE_S for k, t in self._stepped.items())
+
     def _gather(self) -> None:
         """Wait (up to GATHER_S) until every player stepping lately has asked."""
         now = time.perf_counter()

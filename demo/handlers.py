@@ -5,8 +5,10 @@ player can fix raises `PlayError`, and no handler touches another player's sessi
 
 A held key is a stream (`hold`): it steps the world frame after frame, each step batched with
 the other players' (demo/batcher.py), for as long as the keys the page last sent (`set_keys`)
-mean an action, so the next frame is being made while the page shows the last. Players are
-known by an id (the browser session's); `forget` frees a player's world when the page closes.
+mean an action. While a player steps alone, the next frame is already being made under the keys
+held then while the last is sent (`_ahead`); it is shown only if the keys still ask for it,
+else made again, so the world only ever moves by the keys the player holds. Players are known
+by an id (the browser session's); `forget` frees a player's world when the page closes.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from demo.batcher import StepBatcher
+from demo.batcher import MAX_BATCH, StepBatcher
 from demo.controls import DIGITS, Controls, Wheel, controls_for, wheel_for
-from demo.session import PlaySession, Start
+from demo.session import Made, PlaySession, Start
 from demo.uploads import BuiltinStart, PlayError, builtin_starts, load_start
 from simulator.engine.prompt import LoadedPrompt, prompt_and_actions
 from simulator.engine.sampling_config import SamplingConfig
@@ -79,6 +82,7 @@ class PlayHandlers:
         self.downloads = Path(tempfile.mkdtemp(prefix="worldsim-play-"))
         self.engine_lock = threading.Lock()  # the models run one call at a time
         self.batcher = StepBatcher(engine, self.engine_lock)
+        self.ahead = ThreadPoolExecutor(MAX_BATCH, thread_name_prefix="worldsim-ahead")
         self.players: dict[str, PlaySession] = {}  # player id -> the world it plays now
         # player id -> (number, keys) of the newest key change its page sent (see `_note_keys`)
         self.keys: dict[str, tuple[int, str]] = {}
@@ -140,29 +144,61 @@ class PlayHandlers:
         the keys are released or the player leaves."""
         session, sampling = self._require(session), self.sampling(settings)
         self._note_keys(player, held)
-        while True:
-            action = self._next_action(session, self.keys.get(player, (0, ""))[1])
-            if action is None:
-                self.batcher.stopped(session)
-                return
-            with session.lock:
-                if session.closed:
+        ahead: Future[Made] | None = None
+        try:
+            while True:
+                action = self._next_action(session, self._held(player))
+                if action is None:
                     return
-                session.step(action, sampling)
-                view = self.view(session)
-            yield session, view
+                with session.lock:
+                    if session.closed:
+                        return
+                    made = ahead.result() if ahead is not None else None
+                    if made is None or not _same(made, session.state, action, sampling):
+                        made = session.make(action, sampling)
+                    session.take(made)
+                    ahead = self._ahead(session, self._held(player), sampling)
+                    view = self.view(session)
+                yield session, view
+        finally:
+            if ahead is not None:
+                ahead.exception()  # wait: its step would count the player as still stepping
+            self.batcher.stopped(session)
+
+    def _ahead(
+        self, session: PlaySession, held: str, sampling: SamplingConfig
+    ) -> Future[Made] | None:
+        """Start making the frame that follows under the keys held now, while the page is sent
+        the last; None if they mean no action, or if other players are stepping: then the
+        engine is busy with their steps anyway, and steps made ahead only crowded the 2 cores
+        (8 players 53 FPS in all against 58-60 without; one player alone 40-43 against 38-39,
+        `benchmarks/bench_play.py`)."""
+        action = self._action_under(session.controls, held)
+        if action is None or not self.batcher.alone(session):
+            return None
+        return self.ahead.submit(session.make, action, sampling, session.state)
+
+    def _held(self, player: str) -> str:
+        return self.keys.get(player, (0, ""))[1]
 
     def _next_action(self, session: PlaySession, held: str) -> int | list[float] | None:
-        """The action of the next frame under the keys held; None when the stream should end
-        (no key that means an action; a driven world also eases its controls back to rest
-        first)."""
+        """The action of the next frame under the keys held, None when the stream should end;
+        a driven world's controls move a step toward the keys."""
+        action = self._action_under(session.controls, held)
+        if isinstance(action, list):  # a driven world's controls
+            session.controls = action
+        return action
+
+    def _action_under(self, controls: list[float], held: str) -> int | list[float] | None:
+        """The next frame's action under the keys held, from a driven world's `controls`; None
+        when there is none (no key that means an action; a driven world also eases its controls
+        back to rest first)."""
         if self.wheel is None:
             return self.controls.action_for(held)
-        controls = self.wheel.ramp(session.controls, held)
-        if not held and controls == session.controls == self.wheel.rest:
+        ramped = self.wheel.ramp(controls, held)
+        if not held and ramped == controls == self.wheel.rest:
             return None
-        session.controls = controls
-        return controls
+        return ramped
 
     def set_controls(
         self, values: Sequence[float], session: PlaySession | None
@@ -346,9 +382,15 @@ class PlayHandlers:
         return session
 
     def close(self) -> None:
+        self.ahead.shutdown()
         for path in self.downloads.glob("*"):
             path.unlink(missing_ok=True)
         os.rmdir(self.downloads)
+
+
+def _same(made: Made, state: object, action: object, sampling: SamplingConfig) -> bool:
+    """Whether `made` is the frame the session would make now."""
+    return made.base is state and made.step.action == action and made.step.sampling == sampling
 
 
 def _seed(settings: Settings) -> int:

@@ -2,9 +2,10 @@
 
 A `PlaySession` belongs to one browser session (the app keeps it in a `gr.State`), so players
 never share a world; the engine (models, no per-player state) is shared. Engine states are
-values, so undo is a pop and a preview is a branch that is thrown away. The session records
-what reproduces it: the start frames, the seed and every step's action and sampling settings;
-replaying that record (`replay`) gives the same frames.
+values, so undo is a pop, and a preview, or a step made ahead of the player's keys (`make`,
+then `take` if the keys still ask for it), is a branch that may be thrown away. The session
+records what reproduces it: the start frames, the seed and every step's action and sampling
+settings; replaying that record (`replay`) gives the same frames.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+from torch import Tensor
 
 from demo.batcher import StepBatcher
 from simulator.engine.sampling_config import SamplingConfig
@@ -40,6 +42,18 @@ class Start:
 class Step:
     action: int | list[float]  # an action id, or a continuous world's control values
     sampling: SamplingConfig
+
+
+@dataclass
+class Made:
+    """A next frame made from `base` (the session's state then), not yet taken."""
+
+    base: WorldState
+    step: Step
+    frame_BCHW: Tensor
+    state: WorldState
+    seconds: float  # the engine call it was part of
+    batch: int  # worlds stepped in that call
 
 
 @dataclass
@@ -81,20 +95,35 @@ class PlaySession:
         return self.state.frame_index
 
     def step(self, action: int | list[float], sampling: SamplingConfig) -> np.ndarray:
+        return self.take(self.make(action, sampling))
+
+    def make(
+        self, action: int | list[float], sampling: SamplingConfig, base: WorldState | None = None
+    ) -> Made:
+        """The next frame under `action` from `base` (default: the current state), with the
+        other players' steps if the session has a batcher. The session does not change."""
+        base = self.state if base is None else base
+        began = time.perf_counter()
         if self.batcher is None:
-            began = time.perf_counter()
-            frame, state = self.engine.step(self.state, [action], sampling=sampling)
-            self.last_step_s, self.last_batch = time.perf_counter() - began, 1
+            frame, state = self.engine.step(base, [action], sampling=sampling)
+            seconds, batch = time.perf_counter() - began, 1
         else:
-            stepped = self.batcher.step(self.state, action, sampling, who=self)
+            stepped = self.batcher.step(base, action, sampling, who=self)
             frame, state = stepped.frame_BCHW, stepped.state
-            self.last_step_s, self.last_batch = stepped.seconds, stepped.batch
-        self.history.append(state)
-        self.steps.append(Step(action, sampling))
+            seconds, batch = stepped.seconds, stepped.batch
+        return Made(base, Step(action, sampling), frame, state, seconds, batch)
+
+    def take(self, made: Made) -> np.ndarray:
+        """Show a frame `make` made from the current state: the world moves on."""
+        if made.base is not self.state:
+            raise ValueError("that frame was made from another state than the session's")
+        self.last_step_s, self.last_batch = made.seconds, made.batch
+        self.history.append(made.state)
+        self.steps.append(made.step)
         # A copy, not a view of torch's buffer: kept frames then cost 22 KB each in the server's
         # memory instead of 36 (measured over 1000 frames), so MAX_FRAMES bounds a session at
         # about 80 MB.
-        self.frames.append(to_uint8_clips(frame[0]).copy())
+        self.frames.append(to_uint8_clips(made.frame_BCHW[0]).copy())
         return self.frame
 
     def undo(self) -> bool:

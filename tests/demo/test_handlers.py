@@ -136,6 +136,49 @@ def test_a_held_key_streams_frames_until_the_keys_change_or_the_player_leaves(ha
     assert other.closed and not replaced.closed and handlers.players == {"q": replaced}
 
 
+def test_a_lone_player_s_next_frame_is_made_ahead_and_dropped_if_the_keys_change(
+    handlers, monkeypatch
+) -> None:
+    """While a frame is sent, the next is made under the keys held then: shown if they still
+    ask for it, made again under the new keys if not; a player among others gets none made
+    ahead. Either way the frames are the session's own (its record replays them)."""
+    asked: list[list] = []  # the actions of every engine call, in order
+    step_many = handlers.engine.step_many
+
+    def counted(states, actions, sampling=None):
+        asked.append(list(actions))
+        return step_many(states, actions, sampling)
+
+    def calls(n: int) -> list[list]:  # the calls once n were made (steps ahead run on a thread)
+        deadline = time.perf_counter() + 10
+        while len(asked) < n and time.perf_counter() < deadline:
+            time.sleep(0.005)
+        return asked
+
+    monkeypatch.setattr(handlers.engine, "step_many", counted)
+    right, left = (handlers.controls.action_for(k) for k in ("right", "left"))
+    session, _ = handlers.start_builtin(0, SETTINGS, player="p")
+    stream = handlers.hold("right", session, SETTINGS, "p")
+    next(stream)
+    assert calls(2) == [[right], [right]]  # frame 1, and frame 2 begun ahead
+    next(stream)
+    assert calls(3) == [[right]] * 3  # frame 2 was the one made ahead; frame 3 begun
+    handlers.set_keys("left", "p")
+    next(stream)
+    assert calls(5) == [[right]] * 3 + [[left], [left]]  # frame 3 made again under LEFT
+    handlers.set_keys("", "p")
+    assert list(stream) == [] and len(asked) == 5
+    assert [s.action for s in session.steps] == [right, right, left]
+    assert np.array_equal(session.replay(), session.video())
+    other, _ = handlers.start_builtin(1, SETTINGS, player="q")
+    handlers.step(right, other, SETTINGS)  # another player is stepping: nothing made ahead
+    asked.clear()
+    stream = handlers.hold("right", session, SETTINGS, "p")
+    next(stream)
+    stream.close()  # waits for a step made ahead, were there one
+    assert asked == [[right]]
+
+
 def test_a_late_stream_start_never_undoes_a_newer_key_change(handlers: PlayHandlers) -> None:
     session, _ = handlers.start_builtin(0, SETTINGS, player="p")
     handlers.set_keys("right,up#2", "p")  # sent outside the queue, so it arrived first
