@@ -97,17 +97,19 @@ class StepBatcher:
 
     def alone(self, who: object) -> bool:
         """Whether no player but `who` stepped lately."""
-        now = time.perf_counter()
-        with self._mutex:
-            return all(k == id(who) or now - t >= ACTIVE_S for k, t in self._stepped.items())
+        return self._stepping() <= {id(who)}
 
-    def _gather(self) -> None:
-        """Wait (up to GATHER_S) until every player stepping lately has asked."""
+    def _stepping(self) -> set[int]:
+        """Who stepped in the last ACTIVE_S (the others are forgotten)."""
         now = time.perf_counter()
         with self._mutex:
             self._stepped = {k: t for k, t in self._stepped.items() if now - t < ACTIVE_S}
-            stepping = min(len(self._stepped), self.max_batch)
-        deadline = now + GATHER_S
+            return set(self._stepped)
+
+    def _gather(self) -> None:
+        """Wait (up to GATHER_S) until every player stepping lately has asked."""
+        stepping = min(len(self._stepping()), self.max_batch)
+        deadline = time.perf_counter() + GATHER_S
         while len(self._waiting) < stepping and time.perf_counter() < deadline:
             time.sleep(0.0005)
 
