@@ -5,7 +5,8 @@
    engine's own step time.
 3. One player holding RIGHT: frames per second the page shows (frames / seconds held, and the
    page's own FPS readout), against the engine stepping the same world in this process with no
-   browser or server: the ratio is what the app costs on top of the engine.
+   browser or server (before the server starts and again after it stops, averaged): the ratio
+   is what the app costs on top of the engine. Also chromium's and the server's CPU per frame.
 4. 2, 4 and 8 players holding keys at once (one browser context each: separate Gradio
    sessions): frames per second per player and in total, and the total as a multiple of one
    player's.
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,10 @@ def main() -> None:
     if args.engine_against:
         compare_engines(args.world, args.engine_against, args.runs)
         return
-    engine_fps = 0.0 if args.load_minutes else engine_only_fps(args.world, steps=40)
+    # The engine alone, before the server starts and after it stops (nothing else running
+    # either time), averaged: this machine's speed drifts by a third within minutes, and one
+    # measurement made the ratio swing with it.
+    engine_before = 0.0 if args.load_minutes else engine_only_fps(args.world, steps=80)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -76,11 +81,12 @@ def main() -> None:
         url = wait_for(f"http://127.0.0.1:{port}")
         if args.load_minutes:
             run_load(url, server.pid, args.load_minutes)
-        else:
-            run_browser(url, began, args.seconds, engine_fps)
+            return
+        figures = run_browser(url, began, args.seconds, server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
+    figures.report(engine_before, engine_only_fps(args.world, steps=80))
 
 
 def engine_only_fps(world: str | None, steps: int) -> float:
@@ -126,7 +132,37 @@ def wait_for(url: str) -> str:
     raise TimeoutError(f"{url} did not answer in 2 minutes")
 
 
-def run_browser(url: str, began: float, seconds: float, engine_fps: float) -> None:
+@dataclass
+class BrowserFigures:
+    first_frame_s: float  # command to the first frame on the page
+    first_key_ms: float  # first key press to its frame
+    one: float  # FPS one player's page showed
+    readout: str  # the page's own readout at the end of that hold
+    generate_ms: float  # the server's median time to generate a frame meanwhile
+    chromium_ms: float  # chromium's CPU per frame shown meanwhile
+    server_ms: float  # the server's CPU per frame shown meanwhile
+    crowds: dict[int, list[float]]  # players -> FPS each page showed
+
+    def report(self, engine_before: float, engine_after: float) -> None:
+        engine = (engine_before + engine_after) / 2
+        print(f"command to first frame: {self.first_frame_s:.1f} s")
+        print(f"first frame after the first key: {self.first_key_ms:.0f} ms "
+              f"(the engine's own step: {1000 / engine:.0f} ms)")  # fmt: skip
+        print(f"engine alone (this process, nothing else running): {engine:.1f} FPS (mean of "
+              f"{engine_before:.1f} before the server started, {engine_after:.1f} after it "
+              "stopped)")  # fmt: skip
+        print(f"one player in the browser: {self.one:.1f} FPS (page readout {self.readout}); "
+              f"ratio to the engine {self.one / engine:.2f}")  # fmt: skip
+        print(f"  the server's median time to generate a frame meanwhile: "
+              f"{self.generate_ms:.0f} ms (engine alone: {1000 / engine:.0f} ms)")  # fmt: skip
+        print(f"  CPU per frame shown: chromium {self.chromium_ms:.1f} ms, the server "
+              f"{self.server_ms:.1f} ms (engine included)")  # fmt: skip
+        for n, fps in self.crowds.items():
+            print(f"{n} players at once: {sum(fps):.1f} FPS in total ({sum(fps) / self.one:.1f}x "
+                  f"one player), per player {min(fps):.1f}-{max(fps):.1f}")  # fmt: skip
+
+
+def run_browser(url: str, began: float, seconds: float, server_pid: int) -> BrowserFigures:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -136,7 +172,12 @@ def run_browser(url: str, began: float, seconds: float, engine_fps: float) -> No
         pages = [open_page(browser, url)]
         first_frame_s = time.perf_counter() - began
         first_key_ms = first_key(pages[0])
+        used = cpu_seconds(server_pid)
         (one,), generate_ms = hold(pages[:1], KEYS[:1], seconds)
+        chromium_ms, server_ms = (
+            1000 * (b - a) / (one * seconds)
+            for a, b in zip(used, cpu_seconds(server_pid), strict=True)
+        )
         readout = pages[0].inner_text("#ws-fps")
         crowds = {}
         for n in PLAYERS:  # only the players' own pages are open: an idle Gradio page costs
@@ -145,24 +186,30 @@ def run_browser(url: str, began: float, seconds: float, engine_fps: float) -> No
             time.sleep(2)  # the new pages' own start-up (their legends) settles first
             crowds[n] = hold(pages, [KEYS[i % len(KEYS)] for i in range(n)], seconds)[0]
         browser.close()
-    print(f"command to first frame: {first_frame_s:.1f} s")
-    print(f"first frame after the first key: {first_key_ms:.0f} ms "
-          f"(the engine's own step: {1000 / engine_fps:.0f} ms)")  # fmt: skip
-    print(f"engine alone (this process, no browser): {engine_fps:.1f} FPS")
-    print(f"one player in the browser: {one:.1f} FPS (page readout {readout}); "
-          f"ratio to the engine {one / engine_fps:.2f}")  # fmt: skip
-    print(f"  the server's median time to generate a frame meanwhile: {generate_ms:.0f} ms "
-          f"(engine alone: {1000 / engine_fps:.0f} ms; the browser shares the CPU)")  # fmt: skip
-    for n, fps in crowds.items():
-        print(f"{n} players at once: {sum(fps):.1f} FPS in total ({sum(fps) / one:.1f}x one "
-              f"player), per player {min(fps):.1f}-{max(fps):.1f}")  # fmt: skip
+    return BrowserFigures(
+        first_frame_s, first_key_ms, one, readout, generate_ms, chromium_ms, server_ms, crowds
+    )
+
+
+def cpu_seconds(server_pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by chromium's processes, and by the server."""
+    import psutil
+
+    chromium = 0.0
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if "chrom" in (proc.info["name"] or ""):
+                chromium += sum(proc.cpu_times()[:2])
+        except psutil.Error:
+            continue  # ended meanwhile
+    return chromium, sum(psutil.Process(server_pid).cpu_times()[:2])
 
 
 def open_page(browser: Any, url: str) -> Any:
     """A new player (its own browser context: its own Gradio session) showing its first frame."""
     page = browser.new_context().new_page()
     page.goto(url)
-    page.wait_for_selector("#ws-frame-img", timeout=120_000)
+    page.wait_for_selector("#ws-screen[data-frame]", timeout=120_000)
     return page
 
 
@@ -171,7 +218,7 @@ def first_key(page: Any) -> float:
     page.click("body", position={"x": 5, "y": 5})  # focus the page, not a field
     pressed = time.perf_counter()
     page.keyboard.down("ArrowRight")
-    page.wait_for_function("document.querySelector('#ws-frame-img').dataset.frame >= 1")
+    page.wait_for_function("document.querySelector('#ws-screen').dataset.frame >= 1")
     waited = time.perf_counter() - pressed
     page.keyboard.up("ArrowRight")
     return 1000 * waited
@@ -201,7 +248,7 @@ def run_load(url: str, server_pid: int, minutes: float, players: int = 8) -> Non
             time.sleep(30)
             rss = server.memory_info().rss / 2**20
             rss_max = max(rss_max, rss)
-            frames = [p.eval_on_selector("#ws-frame-img", frame) for p in pages]
+            frames = [p.eval_on_selector("#ws-screen", frame) for p in pages]
             errors = sum(p.locator(".toast-body.error").count() for p in pages)
             print(f"server {rss:.0f} MB; frames per player {min(frames)}-{max(frames)}; "
                   f"error notices {errors}", flush=True)  # fmt: skip
@@ -216,7 +263,7 @@ def hold(pages: list, keys: list[str], seconds: float) -> tuple[list[float], flo
     """Hold one key per page for `seconds` (all at once): the frames per second each page
     showed, and the median generation time the first page's status reported meanwhile."""
     frame = "el => Number(el.dataset.frame)"
-    start = [p.eval_on_selector("#ws-frame-img", frame) for p in pages]
+    start = [p.eval_on_selector("#ws-screen", frame) for p in pages]
     for page, key in zip(pages, keys, strict=True):
         page.keyboard.down(key)
     samples = []
@@ -227,7 +274,7 @@ def hold(pages: list, keys: list[str], seconds: float) -> tuple[list[float], flo
     for page, key in zip(pages, keys, strict=True):
         page.keyboard.up(key)
     time.sleep(1)
-    end = [p.eval_on_selector("#ws-frame-img", frame) for p in pages]
+    end = [p.eval_on_selector("#ws-screen", frame) for p in pages]
     fps = [(e - s) / seconds for s, e in zip(start, end, strict=True)]
     return fps, statistics.median(samples) if samples else float("nan")
 

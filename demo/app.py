@@ -7,9 +7,11 @@ The page shows the newest frame (64x64, enlarged without smoothing) and plays wh
 held (arrows / WASD / Space, digits for numbered actions): the first key starts a stream that
 steps the world frame after frame (`PlayHandlers.hold`), and the page tells the server which
 keys it holds as they change (demo/static/play.js), so the next frame is made while the page
-shows the last and releasing the keys ends the stream. It also offers buttons for the same
-actions, pause (P), undo, restart, sampling settings, a legend that previews each action from
-the current frame on request, and the session as mp4 or GIF.
+shows the last and releasing the keys ends the stream. The stream's frames reach the page down
+its frame channel (demo/frames.py: a websocket, raw pixels drawn on a canvas) rather than as
+component updates, which cost the browser twice the CPU per frame. It also offers buttons for
+the same actions, pause (P), undo, restart, sampling settings, a legend that previews each
+action from the current frame on request, and the session as mp4 or GIF.
 
 Each browser session holds its own `PlaySession` in a `gr.State`, known to the handlers by the
 session's id; closing the page frees it. Players' streams run side by side and their steps are
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import html
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +35,8 @@ from typing import Any
 import gradio as gr
 import torch
 
+from demo.frames import ROUTE as FRAMES_ROUTE
+from demo.frames import FrameChannels
 from demo.handlers import PlayHandlers, Settings
 from demo.uploads import IMAGE_SUFFIXES, MAX_UPLOAD_MB, PlayError
 from simulator.engine.prompt import VIDEO_SUFFIXES
@@ -44,8 +47,11 @@ STATIC = Path(__file__).parent / "static"
 IDLE_S = 900  # a session untouched this long is dropped (its world state and frames freed)
 MAX_QUEUE = 64  # events waiting beyond this are refused ("too busy") instead of piling up
 ENGINE = {"concurrency_id": "engine", "concurrency_limit": 1}  # model events other than keys
+QUEUE_POLL_S = 0.005  # how often Gradio's idle queue looks for events (see `launch`)
 MAX_PLAYERS = 16  # held-key streams running at once (their steps batch: demo/batcher.py)
 HELD_JS = "(held, ...rest) => [window.worldsimHeld(), ...rest]"  # the keys held, read at send
+# ... and the page's frame channel (demo/frames.py), "" while it is not open
+HOLD_JS = "(held, channel, ...rest) => [window.worldsimHeld(), window.worldsimChannel(), ...rest]"
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +60,7 @@ class Page:
     """The components the events read and write."""
 
     session: gr.State
-    frame: gr.HTML  # the newest frame and the status line under it
+    frame: gr.HTML  # the newest frame and its status line, carried to play.js (hidden)
     steps: gr.Slider
     temperature: gr.Slider
     seed: gr.Number
@@ -69,7 +75,7 @@ class Page:
 
     def outputs(self, session: Any, view: Any) -> tuple[Any, ...]:
         values = view.controls if self.sliders and view.controls else []
-        return (session, view.frame_html + status_line(view.status), *values)
+        return (session, view.frame_html, *values)
 
     def shows(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """A handler's (session, view) as the outputs of `shown`; None (keys that mean nothing
@@ -106,11 +112,11 @@ class Page:
         return [self.steps, self.temperature, self.seed, self.guidance]
 
 
-def build_app(handlers: PlayHandlers) -> gr.Blocks:
+def build_app(handlers: PlayHandlers, channels: FrameChannels) -> gr.Blocks:
     with gr.Blocks(title="worldsim play", delete_cache=(600, 3600)) as app:
         gr.Markdown(handlers.header())
         page = _layout(handlers)
-        _wire_play(handlers, page)
+        _wire_play(handlers, page, channels)
         _wire_starts(handlers, page)
 
         def first(session: Any, n: Any, t: Any, s: Any, g: Any, request: gr.Request) -> Any:
@@ -142,9 +148,13 @@ def _layout(handlers: PlayHandlers) -> Page:
     with gr.Row():
         with gr.Column(scale=3):
             gr.HTML('<span id="ws-fps">0.0 FPS</span><span id="ws-paused"></span>')
-            # One component for the frame and its status line: chromium's main thread spent
-            # 7.6 ms a frame on the page's updates so, against 9.5 with a Markdown status.
-            frame = gr.HTML(status_line("pick a start frame"), elem_id="ws-frame")
+            # The frame and its status line, shown together by play.js whether the frame came
+            # down the frame channel (demo/frames.py) or in the hidden <img> of a Gradio update.
+            gr.HTML(
+                '<canvas id="ws-screen" class="ws-frame" width="64" height="64"></canvas>'
+                '<p id="ws-status">pick a start frame</p>'
+            )
+            frame = gr.HTML("", elem_id="ws-frame", elem_classes=["ws-hidden"])
             sliders = _sliders(handlers)
             with gr.Row():
                 for name in ("pause (P)", "undo", "restart", "download mp4", "download GIF"):
@@ -184,6 +194,7 @@ def _layout(handlers: PlayHandlers) -> Page:
     c["hold"] = gr.Button("hold", elem_id="ws-hold", elem_classes=["ws-hidden"])
     c["keys"] = gr.Button("keys", elem_id="ws-keys", elem_classes=["ws-hidden"])
     c["held"] = gr.Textbox(elem_classes=["ws-hidden"])
+    c["channel"] = gr.Textbox(elem_classes=["ws-hidden"])
     if sliders:
         c["drive"] = gr.Button("one frame with these controls", size="sm", elem_id="ws-drive")
     return Page(session, frame, steps, temperature, seed, guidance, c, sliders)
@@ -204,19 +215,21 @@ def _sliders(handlers: PlayHandlers) -> list[gr.Slider]:
         ]
 
 
-def _wire_play(handlers: PlayHandlers, page: Page) -> None:
+def _wire_play(handlers: PlayHandlers, page: Page, channels: FrameChannels) -> None:
     c, knobs, shown = page.controls, page.knobs, page.shown
 
     def hold(
-        held: str, session: Any, n: Any, t: Any, s: Any, g: Any, request: gr.Request
-    ) -> Any:  # n, t, s, g: the knobs; Gradio passes gr.Request only to a named parameter
-        return handlers.hold(held, session, Settings(n, t, s, g), _player(request))
+        held: str, channel: str, session: Any, n: Any, t: Any, s: Any, g: Any,
+        request: gr.Request,
+    ) -> Any:  # fmt: skip  # n, t, s, g: the knobs; Gradio passes gr.Request only to a named one
+        stream = handlers.hold(held, session, Settings(n, t, s, g), _player(request))
+        return channels.through(channel, stream)  # frames down the channel, the last to Gradio
 
     def keys(held: str, request: gr.Request) -> None:
         handlers.set_keys(held, _player(request))
 
     c["hold"].click(
-        page.streams(hold), [c["held"], page.session, *knobs], shown, js=HELD_JS,
+        page.streams(hold), [c["held"], c["channel"], page.session, *knobs], shown, js=HOLD_JS,
         show_progress="hidden", trigger_mode="once", concurrency_id="players",
         concurrency_limit=MAX_PLAYERS,
     ).then(None, js="() => window.worldsimStreamDone()")  # fmt: skip
@@ -292,10 +305,6 @@ def _wire_starts(handlers: PlayHandlers, page: Page) -> None:
         _then_preview(handlers, page, event)
 
 
-def status_line(status: str) -> str:
-    return f'<p id="ws-status">{html.escape(status)}</p>'
-
-
 def _player(request: gr.Request) -> str:
     """The id the handlers know a player by: its browser session's."""
     return request.session_hash or "anonymous"
@@ -335,16 +344,22 @@ def launch(
     threads wait on each other while the browser holds a core)."""
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     engine = WorldSimulator.from_pretrained(world, EngineConfig(device=device))
-    handlers = PlayHandlers(engine, world, shard_clips)
+    handlers, channels = PlayHandlers(engine, world, shard_clips), FrameChannels()
     atexit.register(handlers.close)  # the session videos' temporary folder
-    app = build_app(handlers)
+    app = build_app(handlers, channels)
     app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
+    # Gradio's queue looks for work every millisecond while it has none: the idle server used
+    # 8% of a core so on the 2-core reference machine, where the engine and the browser need
+    # every bit; every 5 ms, 3%. A queued event (a start, a stream's first key) waits up to
+    # QUEUE_POLL_S for it; key changes (outside the queue) and the frame channel never do.
+    app._queue.sleep_when_free = QUEUE_POLL_S
     _, url, _ = app.launch(
         server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=True,
         max_file_size=f"{MAX_UPLOAD_MB}mb", css=(STATIC / "play.css").read_text(),
         js=(STATIC / "play.js").read_text(), footer_links=[], quiet=True,
     )  # fmt: skip
     app.app.add_api_route("/worldsim/status", lambda: {"players": len(handlers.players)})
+    app.app.add_api_websocket_route(FRAMES_ROUTE, channels.serve)
     # quiet: Gradio's own banner tells a command-line user to edit launch(share=True)
     print(f"worldsim play: serving {world.name} on {url} (Ctrl+C stops)", flush=True)
     if block:

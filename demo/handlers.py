@@ -13,7 +13,6 @@ by an id (the browser session's); `forget` frees a player's world when the page 
 
 from __future__ import annotations
 
-import base64
 import os
 import tempfile
 import threading
@@ -28,22 +27,14 @@ from demo.batcher import MAX_BATCH, StepBatcher
 from demo.controls import DIGITS, Controls, Wheel, controls_for, wheel_for
 from demo.session import Made, PlaySession, Start
 from demo.uploads import BuiltinStart, PlayError, builtin_starts, load_start
+from demo.view import View, data_uri
 from simulator.engine.prompt import LoadedPrompt, prompt_and_actions
 from simulator.engine.sampling_config import SamplingConfig
 from simulator.engine.world_simulator import WorldSimulator
-from worldsim.io.media import png_bytes, write_video
+from worldsim.io.media import write_video
 
 DOWNLOAD_FPS = 15.0  # CoinRun's own frame rate
 DOWNLOAD_SCALE = 4  # 64x64 frames are enlarged 4x (pixel repetition) in downloads
-
-
-@dataclass
-class View:
-    """What the page shows after an event."""
-
-    frame_html: str  # the newest frame as an <img> (PNG data URI, enlarged by CSS, pixelated)
-    status: str
-    controls: list[float] | None = None  # a continuous world's control values (the sliders)
 
 
 @dataclass(frozen=True)
@@ -272,8 +263,7 @@ class PlayHandlers:
             parts += [action, f"{ms:.0f} ms to generate{together}"]
         parts += [f"from {session.start.label}", f"seed {session.seed}"]
         controls = list(session.controls) if self.wheel is not None else None
-        frame = frame_img(session.frame, session.frame_index, ms)
-        return View(frame, " · ".join(parts), controls)
+        return View(session.frame, session.frame_index, ms, " · ".join(parts), controls)
 
     def _label(self, action: int | list[float]) -> str:
         if isinstance(action, int):
@@ -401,17 +391,3 @@ def _seed(settings: Settings) -> int:
     if not 0 <= seed < 2**63:
         raise PlayError(f"the seed must lie in 0 .. 2^63 - 1, got {seed}")
     return seed
-
-
-def data_uri(frame_HWC: np.ndarray) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(frame_HWC)).decode()
-
-
-def frame_img(frame_HWC: np.ndarray, index: int, engine_ms: float | None = None) -> str:
-    """The frame as the page shows it; `data-ms` (the engine's time for it) feeds the page's
-    rate readout (demo/static/play.js)."""
-    ms = "" if engine_ms is None else f' data-ms="{engine_ms:.0f}"'
-    return (
-        f'<img class="ws-frame" id="ws-frame-img" data-frame="{index}"{ms} '
-        f'alt="world frame {index}" src="{data_uri(frame_HWC)}">'
-    )

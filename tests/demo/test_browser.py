@@ -70,8 +70,18 @@ def open_play(pw, url: str):
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
-    page.wait_for_selector("#ws-frame-img", timeout=60_000)
+    page.wait_for_selector("#ws-screen[data-frame]", timeout=60_000)
     return browser, page
+
+
+def screen(page) -> str:
+    """The frame the page shows (its canvas) as a PNG data URI."""
+    return page.evaluate("document.querySelector('#ws-screen').toDataURL()")
+
+
+def by_channel(page) -> int:
+    """How many frames reached the page down its frame channel (demo/frames.py)."""
+    return int(page.get_attribute("#ws-screen", "data-channel-frames") or 0)
 
 
 def scene_shift(before_src: str, after_src: str) -> tuple[int, int]:
@@ -99,26 +109,26 @@ def test_holding_keys_plays_the_shipped_world(server, tmp_path: Path) -> None:
     with sync_playwright() as pw:
         browser, page = open_play(pw, url)
         print(f"command to first frame: {time.perf_counter() - began:.1f} s")
-        first = page.get_attribute("#ws-frame-img", "src")
-        assert page.get_attribute("#ws-frame-img", "data-frame") == "0"
+        first = screen(page)
+        assert page.get_attribute("#ws-screen", "data-frame") == "0"
         # Level 100035 (the third start): RIGHT scrolls its level, as in 4 of the 10 all-theme
         # starts (tests/simulator/world/test_shipped_world.py); in the first it turns the player.
         page.locator("#ws-starts .thumbnail-item").nth(2).click()
         page.wait_for_function(
             "document.querySelector('#ws-status').innerText.includes('100035')", timeout=60_000
         )
-        first = page.get_attribute("#ws-frame-img", "src")
+        first = screen(page)
         page.click("h1, .prose, body", position={"x": 5, "y": 5})  # focus the page, not a field
         pressed = time.perf_counter()
         page.keyboard.down("ArrowRight")
-        page.wait_for_function("document.querySelector('#ws-frame-img').dataset.frame >= 1")
+        page.wait_for_function("document.querySelector('#ws-screen').dataset.frame >= 1")
         print(f"first frame {1000 * (time.perf_counter() - pressed):.0f} ms after the first key")
         page.wait_for_function(
-            "document.querySelector('#ws-frame-img').dataset.frame >= 8", timeout=60_000
+            "document.querySelector('#ws-screen').dataset.frame >= 8", timeout=60_000
         )
-        walked = page.get_attribute("#ws-frame-img", "src")
+        walked = screen(page)
         dx, dy = scene_shift(first, walked)
-        print(f"held RIGHT to frame {page.get_attribute('#ws-frame-img', 'data-frame')}: "
+        print(f"held RIGHT to frame {page.get_attribute('#ws-screen', 'data-frame')}: "
               f"the scene moved {dx:+d}, {dy:+d} px")  # fmt: skip
         assert dx < 0, "holding RIGHT should scroll the level left: the view follows the player"
         page.keyboard.down("ArrowUp")  # RIGHT+UP while both are held
@@ -126,11 +136,12 @@ def test_holding_keys_plays_the_shipped_world(server, tmp_path: Path) -> None:
         page.keyboard.up("ArrowUp")
         page.keyboard.up("ArrowRight")
         page.wait_for_timeout(500)
-        frames = int(page.get_attribute("#ws-frame-img", "data-frame"))
+        frames = int(page.get_attribute("#ws-screen", "data-frame"))
         fps = page.inner_text("#ws-fps")
         status = page.inner_text("#ws-status")
         print(f"browser: {frames} frames, readout {fps!r}, status {status!r}")
-        assert frames >= 8 and page.get_attribute("#ws-frame-img", "src") != first
+        assert frames >= 8 and screen(page) != first
+        assert by_channel(page) >= 8, "held-key frames should come down the frame channel"
         assert re.fullmatch(r"\d+\.\d FPS · engine \d+ ms/frame", fps), fps
         assert float(fps.split()[0]) > 0
         assert "RIGHT" in status
@@ -147,11 +158,11 @@ def test_holding_keys_plays_the_shipped_world(server, tmp_path: Path) -> None:
         page.keyboard.press("p")  # pause: held keys no longer step the world
         assert page.inner_text("#ws-paused") == "paused"
         page.wait_for_timeout(500)  # a step already in flight when paused may still land
-        paused_at = int(page.get_attribute("#ws-frame-img", "data-frame"))
+        paused_at = int(page.get_attribute("#ws-screen", "data-frame"))
         page.keyboard.down("ArrowLeft")
         page.wait_for_timeout(800)
         page.keyboard.up("ArrowLeft")
-        assert int(page.get_attribute("#ws-frame-img", "data-frame")) == paused_at
+        assert int(page.get_attribute("#ws-screen", "data-frame")) == paused_at
         browser.close()
     with pytest.raises(urllib.error.HTTPError):  # the server serves only its own files
         urllib.request.urlopen(f"{url}/gradio_api/file=/etc/passwd", timeout=5)
@@ -178,27 +189,28 @@ def test_two_players_play_apart_and_a_closed_page_frees_its_world(server) -> Non
         pages = [browser.new_context().new_page() for _ in range(2)]
         for page in pages:
             page.goto(url)
-            page.wait_for_selector("#ws-frame-img", timeout=60_000)
+            page.wait_for_selector("#ws-screen[data-frame]", timeout=60_000)
             page.click("h1, .prose, body", position={"x": 5, "y": 5})
         assert players() == 2
         for page, key in zip(pages, ["ArrowRight", "ArrowLeft"], strict=True):
             page.keyboard.down(key)
         for page in pages:
             page.wait_for_function(
-                "document.querySelector('#ws-frame-img').dataset.frame >= 10", timeout=60_000
+                "document.querySelector('#ws-screen').dataset.frame >= 10", timeout=60_000
             )
         statuses = [page.inner_text("#ws-status") for page in pages]
         print(f"two players: {statuses}")
         assert " · RIGHT · " in statuses[0] and " · LEFT · " in statuses[1]
+        assert all(by_channel(page) >= 10 for page in pages)
         pages[1].close()  # mid-stream
         for _ in range(40):
             if players() == 1:
                 break
             time.sleep(0.25)
         assert players() == 1, "a closed page's world should be freed"
-        frame = int(pages[0].get_attribute("#ws-frame-img", "data-frame"))
+        frame = int(pages[0].get_attribute("#ws-screen", "data-frame"))
         pages[0].wait_for_function(
-            f"document.querySelector('#ws-frame-img').dataset.frame > {frame}", timeout=30_000
+            f"document.querySelector('#ws-screen').dataset.frame > {frame}", timeout=30_000
         )  # the other player plays on
         pages[0].keyboard.up("ArrowRight")
         browser.close()
@@ -216,15 +228,15 @@ def test_the_car_answers_the_wheel_and_the_pedals(car_server) -> None:
 
     def drive(page, keys: list[str], frames: int) -> str:
         page.click("text=restart")  # the same start and seed each time
-        page.wait_for_function("document.querySelector('#ws-frame-img').dataset.frame == 0")
+        page.wait_for_function("document.querySelector('#ws-screen').dataset.frame == 0")
         page.click("h1, .prose, body", position={"x": 5, "y": 5})
         for key in keys:
             page.keyboard.down(key)
         page.wait_for_function(
-            f"document.querySelector('#ws-frame-img').dataset.frame >= {frames}", timeout=60_000
+            f"document.querySelector('#ws-screen').dataset.frame >= {frames}", timeout=60_000
         )
         steer, gas = value(page, "steer"), value(page, "gas")
-        src = page.get_attribute("#ws-frame-img", "src")
+        src = screen(page)
         for key in keys:  # released together: both must ease back, and the stream end
             page.keyboard.up(key)
         print(f"{keys}: steer {steer:+.2f}, gas {gas:.2f}")
@@ -235,9 +247,9 @@ def test_the_car_answers_the_wheel_and_the_pedals(car_server) -> None:
             timeout=30_000,
         )
         page.wait_for_timeout(500)
-        stopped = page.get_attribute("#ws-frame-img", "data-frame")
+        stopped = page.get_attribute("#ws-screen", "data-frame")
         page.wait_for_timeout(700)
-        assert page.get_attribute("#ws-frame-img", "data-frame") == stopped, "still streaming"
+        assert page.get_attribute("#ws-screen", "data-frame") == stopped, "still streaming"
         return src
 
     with sync_playwright() as pw:
