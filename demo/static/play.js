@@ -95,7 +95,12 @@
     const sliders = document.querySelectorAll("[id^='ws-control-']");
     sliders.forEach((slider, i) => {
       if (i >= values.length) return;
-      slider.querySelectorAll("input").forEach((input) => { input.value = values[i]; });
+      slider.querySelectorAll("input").forEach((input) => {
+        input.value = values[i];
+        if (input.type !== "range") return;  // Gradio fills the track by this variable
+        const [lo, hi] = [Number(input.min), Number(input.max)];
+        input.style.setProperty("--range_progress", `${(100 * (values[i] - lo)) / (hi - lo)}%`);
+      });
     });
   }
 
