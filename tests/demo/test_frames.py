@@ -4,8 +4,10 @@ carry and the stream's last frame, a closed page's channel is gone, and bad ids 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
+import threading
 import time
 
 import numpy as np
@@ -83,3 +85,24 @@ def test_gradio_s_copy_of_the_frame_carries_its_status_line_escaped() -> None:
     assert 'data-frame="7"' in html and "data-ms" not in html  # not stepped: no engine time
     assert 'data-status="from upload &lt;b&gt;&quot;x&quot;.png&lt;/b&gt;"' in html
     assert 'src="data:image/png;base64,' in html
+
+
+def test_a_channel_that_fails_to_send_is_dropped_and_closed_so_the_page_reopens_it() -> None:
+    class Broken:  # a socket whose page went away mid-send
+        closed_with: int | None = None
+
+        async def send_bytes(self, message: bytes) -> None:
+            raise RuntimeError("the socket is closed")
+
+        async def close(self, code: int) -> None:
+            self.closed_with = code
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    channels, broken = FrameChannels(), Broken()
+    channels._open[CHANNEL] = (broken, loop)  # type: ignore[assignment]  # as `serve` holds it
+    stream = [("session", view(i)) for i in range(2)]
+    assert list(channels.through(CHANNEL, iter(stream))) == stream  # Gradio shows them all
+    assert len(channels) == 0
+    wait_until(lambda: broken.closed_with == 1011)
+    loop.call_soon_threadsafe(loop.stop)
