@@ -48,7 +48,7 @@ def frame_message(view: View) -> bytes:
         "ms": view.engine_ms, "controls": view.controls,
     }  # fmt: skip
     alpha_HW1 = np.full((height, width, 1), 255, np.uint8)
-    rgba_HWC = np.concatenate([view.frame_HWC.astype(np.uint8), alpha_HW1], axis=-1)
+    rgba_HWC = np.concatenate([view.frame_HWC, alpha_HW1], axis=-1)  # uint8, one copy
     encoded = json.dumps(header).encode()
     return struct.pack("<I", len(encoded)) + encoded + rgba_HWC.tobytes()
 
